@@ -1,0 +1,134 @@
+"""Causal self-attention: standard multi-head (DeepSeekMoE 16B) and multi-head latent (V2/V3).
+
+Both take an optional per-layer KV cache for decoding. The MLA cache holds the
+compressed latents (normalised c_kv and the rotated shared key), 576 numbers a
+token for V2-Lite, as DeepSeek-V2 describes; keys and values are re-expanded from
+them at each step.
+
+Masking is by slot: a query at slot i sees keys at slots j <= i whose segment id
+equals its own, so packed sequences and left padding share one mechanism.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_jax import sharding as sh
+from moe_jax.config import ModelConfig
+from moe_jax.layers import apply_rope, dense, rms_norm, rope_frequencies, softmax_scale
+
+# DeepSeek's reference builds the latent norms with RMSNorm's default eps, not rms_norm_eps.
+_LATENT_NORM_EPS = 1e-6
+
+
+def init_layer_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
+  """Zeros for one layer's cache: latents for MLA, keys and values for MHA."""
+  dtype = jnp.dtype(config.dtype)
+  if config.use_mla:
+    return {"c_kv": jnp.zeros((batch, max_len, config.kv_lora_rank), dtype),
+            "k_pe": jnp.zeros((batch, max_len, config.qk_rope_head_dim), dtype)}
+  n_kv = config.num_key_value_heads or config.num_attention_heads
+  shape = (batch, max_len, n_kv, config.mha_head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def attention_mask(q_segments, k_segments, q_start):
+  """[B, 1, T, S] boolean mask: causal by slot and same segment.
+
+  q_segments: [B, T] segment ids of the queries, which sit at slots q_start..q_start+T-1.
+  k_segments: [B, S] segment ids of the key slots 0..S-1 (0 past the written part of a cache).
+  """
+  t, s = q_segments.shape[1], k_segments.shape[1]
+  q_slot = q_start + jnp.arange(t)[:, None]
+  causal = jnp.arange(s)[None, :] <= q_slot  # [T, S]
+  same = q_segments[:, :, None] == k_segments[:, None, :]  # [B, T, S]
+  return (causal[None] & same)[:, None]
+
+
+def _attend(q, k, v, mask, scale, dtype):
+  """Softmax attention in float32. q: [B, T, N, H], k: [B, S, N, H], v: [B, S, N, Hv]."""
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+def _update_cache(cache, name, new, start):
+  """Writes new: [B, T, ...] into cache[name] at slot `start`; returns the full buffer."""
+  idx = (0, start) + (0,) * (new.ndim - 2)
+  return jax.lax.dynamic_update_slice(cache[name], new.astype(cache[name].dtype), idx)
+
+
+class Attention(nn.Module):
+  """Self-attention for one decoder layer; MLA or MHA according to the config."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0):
+    """x: [B, T, D]; positions, q_segments: [B, T]; k_segments: [B, S].
+
+    Without a cache S == T. With one, the T new entries are written at slot
+    `cache_index` and S is the cache length. Returns (y: [B, T, D], new cache or None).
+    """
+    c = self.config
+    inv_freq, attention_factor = rope_frequencies(c)
+    mask = attention_mask(q_segments, k_segments, cache_index if cache is not None else 0)
+    if c.use_mla:
+      return self._mla(x, positions, mask, cache, cache_index, inv_freq, attention_factor)
+    return self._mha(x, positions, mask, cache, cache_index, inv_freq, attention_factor)
+
+  def _mha(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor):
+    c = self.config
+    n, h = c.num_attention_heads, c.mha_head_dim
+    n_kv = c.num_key_value_heads or n
+    bias = c.attention_bias
+    q = dense(c, (n, h), (sh.EMBED, sh.HEADS, sh.KV), "q_proj", use_bias=bias)(x)
+    k = dense(c, (n_kv, h), (sh.EMBED, sh.HEADS, sh.KV), "k_proj", use_bias=bias)(x)
+    v = dense(c, (n_kv, h), (sh.EMBED, sh.HEADS, sh.KV), "v_proj", use_bias=bias)(x)
+    q = apply_rope(q, positions, inv_freq, attention_factor, interleaved=False)
+    k = apply_rope(k, positions, inv_freq, attention_factor, interleaved=False)
+    new_cache = None
+    if cache is not None:
+      k = _update_cache(cache, "k", k, cache_index)
+      v = _update_cache(cache, "v", v, cache_index)
+      new_cache = {"k": k, "v": v}
+    if n_kv != n:  # grouped-query attention: each key/value head serves n // n_kv query heads
+      k, v = jnp.repeat(k, n // n_kv, axis=2), jnp.repeat(v, n // n_kv, axis=2)
+    out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, H]
+    y = dense(c, c.hidden_size, (sh.HEADS, sh.KV, sh.EMBED), "o_proj", in_axes=(-2, -1),
+              use_bias=bias)(out)
+    return y, new_cache
+
+  def _mla(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor):
+    c = self.config
+    n, nope, rope, hv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+    bias = c.attention_bias
+    if c.q_lora_rank is None:
+      q = dense(c, (n, nope + rope), (sh.EMBED, sh.HEADS, sh.KV), "q_proj")(x)
+    else:
+      q_latent = dense(c, c.q_lora_rank, (sh.EMBED, sh.Q_LORA), "q_a_proj", use_bias=bias)(x)
+      q_latent = rms_norm(c, "q_a_layernorm", eps=_LATENT_NORM_EPS)(q_latent)
+      q = dense(c, (n, nope + rope), (sh.Q_LORA, sh.HEADS, sh.KV), "q_b_proj")(q_latent)
+    q_nope, q_pe = q[..., :nope], q[..., nope:]  # [B, T, N, nope], [B, T, N, rope]
+    kv_a = dense(c, c.kv_lora_rank + rope, (sh.EMBED, sh.KV_LORA), "kv_a_proj_with_mqa",
+                 use_bias=bias)(x)
+    c_kv = rms_norm(c, "kv_a_layernorm", eps=_LATENT_NORM_EPS)(kv_a[..., :c.kv_lora_rank])  # [B, T, R]
+    k_pe = kv_a[..., None, c.kv_lora_rank:]  # [B, T, 1, rope]: one rope key shared by all heads
+    q_pe = apply_rope(q_pe, positions, inv_freq, attention_factor, c.rope_interleave)
+    k_pe = apply_rope(k_pe, positions, inv_freq, attention_factor, c.rope_interleave)[:, :, 0]
+    new_cache = None
+    if cache is not None:
+      c_kv = _update_cache(cache, "c_kv", c_kv, cache_index)
+      k_pe = _update_cache(cache, "k_pe", k_pe, cache_index)
+      new_cache = {"c_kv": c_kv, "k_pe": k_pe}
+    kv = dense(c, (n, nope + hv), (sh.KV_LORA, sh.HEADS, sh.KV), "kv_b_proj")(c_kv)  # [B, S, N, nope+Hv]
+    k_nope, v = kv[..., :nope], kv[..., nope:]
+    k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
+    q = jnp.concatenate([q_nope, q_pe], axis=-1)
+    out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
+    y = dense(c, c.hidden_size, (sh.HEADS, sh.KV, sh.EMBED), "o_proj", in_axes=(-2, -1),
+              use_bias=bias)(out)
+    return y, new_cache

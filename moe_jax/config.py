@@ -1,0 +1,334 @@
+"""The model configuration: one frozen dataclass whose fields mirror Hugging Face.
+
+Field names are the ones in DeepSeek's `config.json` files (`hidden_size`,
+`n_routed_experts`, `topk_method`, ...), so a checkpoint's config reads in
+directly and writes back out unchanged. A few fields are ours and never written
+to `config.json` unless set: the token dispatch (`dispatch`, `capacity_factor`),
+the device-level balance loss and the compute dtype.
+
+Presets for the published models live at the bottom (`PRESETS`); `tiny()` gives
+a small random-init model for tests and demos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+_MODEL_TYPES = ("deepseek", "deepseek_v2", "deepseek_v3")
+_TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+_SCORING_FUNCS = ("softmax", "sigmoid")
+_DISPATCHES = ("sorted", "ragged_dot", "dense")
+_ROPE_TYPES = ("default", "yarn")
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot describe a model; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of a DeepSeek-family model (DeepSeekMoE 2B/16B, V2, V3).
+
+  `model_type` selects the attention: "deepseek" is standard multi-head attention
+  (DeepSeekMoE 16B), "deepseek_v2"/"deepseek_v3" are multi-head latent attention.
+  `kv_lora_rank=None` also means MHA.
+  """
+
+  model_type: str = "deepseek_v2"
+  vocab_size: int = 102400
+  hidden_size: int = 2048
+  intermediate_size: int = 10944  # dense-layer SwiGLU width
+  num_hidden_layers: int = 27
+  num_attention_heads: int = 16
+  num_key_value_heads: int | None = None  # MHA only; None = num_attention_heads
+  head_dim: int | None = None  # MHA only; None = hidden_size // num_attention_heads
+  max_position_embeddings: int = 4096
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_scaling: dict | None = None  # {"type"/"rope_type": "yarn", "factor", ...}
+  rope_interleave: bool = True  # MLA: rotary pairs are (x0, x1), (x2, x3), ...
+  attention_bias: bool = False
+  tie_word_embeddings: bool = False
+  bos_token_id: int | None = 100000
+  eos_token_id: int | None = 100001
+  pad_token_id: int | None = None
+  initializer_range: float = 0.006
+  # Multi-head latent attention (V2/V3).
+  kv_lora_rank: int | None = 512
+  q_lora_rank: int | None = None
+  qk_rope_head_dim: int = 64
+  qk_nope_head_dim: int = 128
+  v_head_dim: int = 128
+  # Mixture of experts.
+  n_routed_experts: int | None = 64
+  n_shared_experts: int | None = 2
+  num_experts_per_tok: int = 6
+  moe_intermediate_size: int = 1408
+  first_k_dense_replace: int = 1
+  moe_layer_freq: int = 1
+  topk_method: str = "greedy"
+  n_group: int | None = None
+  topk_group: int | None = None
+  scoring_func: str = "softmax"
+  norm_topk_prob: bool = False
+  routed_scaling_factor: float = 1.0
+  aux_loss_alpha: float = 0.001
+  seq_aux: bool = True
+  # Ours, not Hugging Face's.
+  device_aux_loss_alpha: float = 0.0  # DeepSeekMoE Eq. 14-15; 0 disables it
+  n_balance_devices: int = 1  # D in the device-level loss: experts split in D groups
+  dispatch: str = "sorted"  # "sorted" (capacity buffers), "ragged_dot", "dense"
+  capacity_factor: float = 0.0  # sorted dispatch; <= 0 means dropless (capacity = tokens)
+  dtype: str = "float32"  # activation dtype; the router always runs in float32
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    _validate(self)
+
+  def __hash__(self):  # rope_scaling is a dict; hash the JSON so jit can key on configs
+    return hash(json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+  # Derived quantities ------------------------------------------------------
+
+  @property
+  def use_mla(self) -> bool:
+    return self.model_type != "deepseek" and self.kv_lora_rank is not None
+
+  @property
+  def mha_head_dim(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_attention_heads
+
+  @property
+  def qk_head_dim(self) -> int:
+    return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+  @property
+  def rope_dim(self) -> int:
+    """Width of the rotary part of each query/key head."""
+    return self.qk_rope_head_dim if self.use_mla else self.mha_head_dim
+
+  def is_moe_layer(self, idx: int) -> bool:
+    """DeepSeek's rule: MoE iff past the dense prefix and on the MoE frequency."""
+    return (bool(self.n_routed_experts) and idx >= self.first_k_dense_replace
+            and idx % self.moe_layer_freq == 0)
+
+  @property
+  def moe_layers(self) -> list[int]:
+    return [i for i in range(self.num_hidden_layers) if self.is_moe_layer(i)]
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  # Hugging Face config.json ------------------------------------------------
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+    """Reads a Hugging Face `config.json` dict; unknown architectures are errors."""
+    model_type = d.get("model_type")
+    if model_type not in _MODEL_TYPES:
+      raise ConfigError(f"{source}: field 'model_type' is {model_type!r}; "
+                        f"moe_jax reads {', '.join(_MODEL_TYPES)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    # transformers 5 writes rope_parameters (with rope_theta inside) instead of
+    # the original rope_scaling + rope_theta.
+    rope = d.get("rope_parameters") or d.get("rope_scaling")
+    if isinstance(rope, dict):
+      rope = dict(rope)
+      if "rope_theta" in rope:
+        kwargs["rope_theta"] = rope.pop("rope_theta")
+      kind = rope.get("rope_type", rope.get("type", "default"))
+      kwargs["rope_scaling"] = None if kind == "default" else rope
+    elif rope is not None:
+      raise ConfigError(f"{source}: field 'rope_scaling' must be an object, got {rope!r}")
+    if model_type == "deepseek":
+      kwargs["kv_lora_rank"] = None  # DeepSeekMoE 16B: MHA
+      kwargs.setdefault("seq_aux", True)
+      kwargs.setdefault("aux_loss_alpha", 0.001)
+    if model_type == "deepseek_v3":
+      kwargs.setdefault("topk_method", "noaux_tc")
+      kwargs.setdefault("scoring_func", "sigmoid")
+    if model_type == "deepseek_v2":
+      kwargs.setdefault("rope_interleave", True)
+    for key in ("eos_token_id", "bos_token_id"):
+      if isinstance(kwargs.get(key), list):
+        kwargs[key] = kwargs[key][0]
+    for key in ("n_group", "topk_group"):
+      if kwargs.get(key) is None:
+        kwargs.pop(key, None)
+    try:
+      return cls(**kwargs)
+    except TypeError as e:  # a field of the wrong type, e.g. a string for an int
+      raise ConfigError(f"{source}: {e}") from e
+
+  def to_hf_dict(self) -> dict:
+    """The `config.json` dict transformers and DeepSeek's remote code read."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    for ours in ("device_aux_loss_alpha", "n_balance_devices", "dispatch",
+                 "capacity_factor", "dtype", "param_dtype"):
+      d.pop(ours)
+    arch = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
+            "deepseek_v3": "DeepseekV3ForCausalLM"}[self.model_type]
+    d["architectures"] = [arch]
+    d["num_key_value_heads"] = self.num_key_value_heads or self.num_attention_heads
+    d["hidden_act"] = "silu"
+    d["n_group"] = self.n_group or 1
+    d["topk_group"] = self.topk_group or 1
+    if self.rope_scaling is not None:
+      d["rope_scaling"] = dict(self.rope_scaling)
+    if self.model_type == "deepseek":
+      for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
+                "v_head_dim", "rope_interleave", "topk_method", "n_group", "topk_group"):
+        d.pop(k)
+      d["head_dim"] = self.mha_head_dim
+    else:
+      d.pop("head_dim")
+    if self.model_type != "deepseek_v3":
+      d.pop("rope_interleave", None)
+    return d
+
+  @classmethod
+  def from_json_file(cls, path: str | os.PathLike) -> "ModelConfig":
+    path = os.fspath(path)
+    if not os.path.exists(path):
+      raise ConfigError(f"{path}: no such file (a Hugging Face model directory needs config.json)")
+    try:
+      with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if not isinstance(d, dict):
+      raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return cls.from_hf_dict(d, source=path)
+
+
+def _validate(c: ModelConfig) -> None:
+  def fail(field, msg):
+    raise ConfigError(f"field {field!r}: {msg}")
+
+  if c.model_type not in _MODEL_TYPES:
+    fail("model_type", f"{c.model_type!r} is not one of {_MODEL_TYPES}")
+  for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size"):
+    v = getattr(c, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      fail(name, f"must be a positive integer, got {v!r}")
+  if c.topk_method not in _TOPK_METHODS:
+    fail("topk_method", f"unknown method {c.topk_method!r}; expected one of {_TOPK_METHODS}")
+  if c.scoring_func not in _SCORING_FUNCS:
+    fail("scoring_func", f"unknown function {c.scoring_func!r}; expected one of {_SCORING_FUNCS}")
+  if c.dispatch not in _DISPATCHES:
+    fail("dispatch", f"unknown dispatch {c.dispatch!r}; expected one of {_DISPATCHES}")
+  kind = None
+  if c.rope_scaling is not None:
+    kind = c.rope_scaling.get("rope_type", c.rope_scaling.get("type"))
+    if kind not in _ROPE_TYPES:
+      fail("rope_scaling", f"unsupported rope type {kind!r}; expected one of {_ROPE_TYPES}")
+    if kind == "yarn":
+      for key in ("original_max_position_embeddings",):
+        if key not in c.rope_scaling:
+          fail("rope_scaling", f"YaRN needs {key!r}")
+  if c.n_routed_experts:
+    e, k = c.n_routed_experts, c.num_experts_per_tok
+    if not isinstance(k, int) or k < 1:
+      fail("num_experts_per_tok", f"must be a positive integer, got {k!r}")
+    if k > e:
+      fail("num_experts_per_tok", f"top-{k} is larger than n_routed_experts={e}")
+    if c.moe_layer_freq < 1:
+      fail("moe_layer_freq", f"must be >= 1, got {c.moe_layer_freq}")
+    grouped = c.topk_method in ("group_limited_greedy", "noaux_tc")
+    if grouped:
+      g, tg = c.n_group or 1, c.topk_group or 1
+      if e % g:
+        fail("n_group", f"n_routed_experts={e} is not divisible by n_group={g}")
+      if tg > g:
+        fail("topk_group", f"topk_group={tg} is larger than n_group={g}")
+      if tg * (e // g) < k:
+        fail("topk_group", f"{tg} groups of {e // g} experts cannot supply top-{k}")
+      if c.topk_method == "noaux_tc" and e // g < 2:
+        fail("n_group", "noaux_tc scores a group by its top-2 experts; groups need >= 2 experts")
+    if c.topk_method == "noaux_tc" and c.scoring_func != "sigmoid":
+      fail("topk_method", "noaux_tc (V3) routing needs scoring_func='sigmoid'")
+    if c.n_balance_devices < 1 or e % c.n_balance_devices:
+      fail("n_balance_devices", f"must divide n_routed_experts={e}, got {c.n_balance_devices}")
+  if c.model_type != "deepseek" and c.kv_lora_rank is not None:
+    if c.qk_rope_head_dim % 2:
+      fail("qk_rope_head_dim", f"must be even for rotary embeddings, got {c.qk_rope_head_dim}")
+  else:
+    nkv = c.num_key_value_heads or c.num_attention_heads
+    if c.num_attention_heads % nkv:
+      fail("num_key_value_heads", f"{nkv} does not divide num_attention_heads={c.num_attention_heads}")
+    if c.mha_head_dim % 2:
+      fail("head_dim", f"must be even for rotary embeddings, got {c.mha_head_dim}")
+
+
+# Presets ---------------------------------------------------------------------
+# Values from DeepSeek's released config.json files (see shared spec deepseekmoe.md A.7).
+
+def deepseek_moe_2b() -> ModelConfig:
+  """DeepSeekMoE 2B validation model (paper Table 7): 1 shared + 63 routed, top-7, no dense layer."""
+  return ModelConfig(model_type="deepseek", vocab_size=8192, hidden_size=1280, num_hidden_layers=9,
+                     num_attention_heads=10, intermediate_size=3413, moe_intermediate_size=853,
+                     n_routed_experts=63, n_shared_experts=1, num_experts_per_tok=7,
+                     first_k_dense_replace=0, kv_lora_rank=None, aux_loss_alpha=0.01,
+                     seq_aux=False, max_position_embeddings=2048)
+
+
+def deepseek_moe_16b() -> ModelConfig:
+  """deepseek-moe-16b-base: MHA, 2 shared + 64 routed experts, top-6, first layer dense."""
+  return ModelConfig(model_type="deepseek", vocab_size=102400, hidden_size=2048,
+                     num_hidden_layers=28, num_attention_heads=16, intermediate_size=10944,
+                     moe_intermediate_size=1408, n_routed_experts=64, n_shared_experts=2,
+                     num_experts_per_tok=6, kv_lora_rank=None, max_position_embeddings=4096)
+
+
+def deepseek_v2_lite() -> ModelConfig:
+  """DeepSeek-V2-Lite: MLA without query compression, YaRN x40, 64 routed experts top-6."""
+  return ModelConfig(model_type="deepseek_v2", max_position_embeddings=163840,
+                     rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                                   "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                   "mscale_all_dim": 0.707})
+
+
+def deepseek_v3() -> ModelConfig:
+  """DeepSeek-V3 671B: sigmoid routing with correction bias, 8 groups keep 4, top-8 of 256."""
+  return ModelConfig(model_type="deepseek_v3", vocab_size=129280, hidden_size=7168,
+                     intermediate_size=18432, num_hidden_layers=61, num_attention_heads=128,
+                     kv_lora_rank=512, q_lora_rank=1536, n_routed_experts=256, n_shared_experts=1,
+                     num_experts_per_tok=8, moe_intermediate_size=2048, first_k_dense_replace=3,
+                     topk_method="noaux_tc", n_group=8, topk_group=4, scoring_func="sigmoid",
+                     norm_topk_prob=True, routed_scaling_factor=2.5, aux_loss_alpha=0.0001,
+                     bos_token_id=0, eos_token_id=1, max_position_embeddings=163840,
+                     rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                                   "mscale_all_dim": 1.0})
+
+
+def tiny(**overrides: Any) -> ModelConfig:
+  """A few-hundred-thousand-parameter DeepSeekMoE for tests and CPU demos."""
+  base = dict(model_type="deepseek_v2", vocab_size=256, hidden_size=64, intermediate_size=128,
+              num_hidden_layers=2, num_attention_heads=4, kv_lora_rank=16, q_lora_rank=None,
+              qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=8,
+              n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=32,
+              first_k_dense_replace=1, max_position_embeddings=512, bos_token_id=1,
+              eos_token_id=2, initializer_range=0.02)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+PRESETS = {
+    "deepseek-moe-2b": deepseek_moe_2b,
+    "deepseek-moe-16b": deepseek_moe_16b,
+    "deepseek-v2-lite": deepseek_v2_lite,
+    "deepseek-v3": deepseek_v3,
+    "tiny": tiny,
+}
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+  """YaRN attention-temperature factor (DeepSeek-V2 report, App. on long context)."""
+  return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0

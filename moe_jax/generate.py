@@ -1,0 +1,82 @@
+"""Sampling with the KV cache: one prefill, then one jit-compiled step per new token.
+
+The whole loop (prefill + `lax.scan` over steps) is a single compiled function,
+keyed on the config, batch shape and number of new tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.model import Model, Transformer, init_cache
+
+
+def _sample(logits, rng, temperature, top_k: int):
+  """logits: [B, V] -> [B] int32. temperature <= 0 means greedy."""
+  logits = logits.astype(jnp.float32)
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  greedy = jnp.argmax(logits, -1)
+  sampled = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), -1)
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k"))
+def _generate(config, variables, input_ids, segment_ids, positions, rng, temperature,
+              max_new_tokens: int, top_k: int, eos_id):
+  b, t = input_ids.shape
+  module = Transformer(config)
+  cache = init_cache(config, b, t + max_new_tokens)
+  out = module.apply(variables, input_ids, positions, segment_ids, cache)
+  rng, sub = jax.random.split(rng)
+  first = _sample(out.logits[:, -1], sub, temperature, top_k)
+  next_pos = positions[:, -1] + 1
+
+  def step(carry, _):
+    cache, token, pos, done, rng = carry
+    rng, sub = jax.random.split(rng)
+    o = module.apply(variables, token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache)
+    new = _sample(o.logits[:, -1], sub, temperature, top_k)
+    done = done | (token == eos_id)
+    new = jnp.where(done, eos_id, new)  # finished rows repeat EOS
+    return (o.cache, new, pos + 1, done, rng), token
+
+  carry = (out.cache, first, next_pos, jnp.zeros((b,), jnp.bool_), rng)
+  (_, last, _, _, _), tokens = jax.lax.scan(step, carry, None, length=max_new_tokens - 1)
+  return jnp.concatenate([input_ids, tokens.T, last[:, None]], axis=1)
+
+
+def generate(model: Model, input_ids, max_new_tokens: int, temperature: float = 0.0,
+             seed: int = 0, top_k: int = 0, prompt_mask=None, eos_token_id: int | None = None):
+  """Continues each prompt by `max_new_tokens` tokens using the KV cache.
+
+  Args:
+    model: a `Model`.
+    input_ids: int [B, T] prompts. Prompts of different lengths are left-padded,
+      with `prompt_mask` [B, T] 0 on the padding.
+    temperature: 0 for greedy decoding, else the softmax temperature.
+    seed: sampling seed.
+    top_k: if > 0, sample among the k most likely tokens only.
+    eos_token_id: after it a row emits only EOS (default: the config's eos).
+  Returns:
+    int32 [B, T + max_new_tokens]: the prompts followed by the new tokens.
+  """
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  if input_ids.ndim != 2:
+    raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if prompt_mask is None:
+    prompt_mask = jnp.ones_like(input_ids)
+  segments = (jnp.asarray(prompt_mask) != 0).astype(jnp.int32)
+  # Left padding: positions count real tokens only, so each prompt starts at 0.
+  positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0).astype(jnp.int32)
+  eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
+  eos = -1 if eos is None else eos
+  return _generate(model.config, model.variables, input_ids, segments, positions,
+                   jax.random.key(seed), jnp.float32(temperature), max_new_tokens, top_k,
+                   jnp.int32(eos))

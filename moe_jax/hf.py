@@ -1,0 +1,362 @@
+"""Hugging Face checkpoints: read and write DeepSeek safetensors directories.
+
+`from_pretrained` reads `config.json` plus `model.safetensors` (or a sharded
+`model.safetensors.index.json`) written by transformers or by DeepSeek's
+original code, and `save_pretrained` writes a directory transformers loads.
+
+The name map is one function, `_tensor_map`: for every Hugging Face tensor it
+gives the variable path in our tree and how the two layouts relate. HF `Linear`
+weights are [out, in]; our kernels are [in..., out...] with heads split out, so a
+weight converts as `W.T.reshape(kernel_shape)`. Routed experts are stacked
+[E, D, F] here and read from either the per-expert names
+(`mlp.experts.{e}.gate_proj.weight`) or transformers 5's fused
+`mlp.experts.gate_up_proj` / `mlp.experts.down_proj`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from moe_jax.config import ConfigError, ModelConfig
+from moe_jax.model import Model, Transformer
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not match its config; the message names the tensor or file."""
+
+
+# Safetensors files -------------------------------------------------------------
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+
+def _read_header(path: str) -> tuple[dict, int]:
+  with open(path, "rb") as f:
+    raw = f.read(8)
+    if len(raw) < 8:
+      raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
+    n = int.from_bytes(raw, "little")
+    if n > os.path.getsize(path) - 8:
+      raise CheckpointError(f"{path}: header size {n} runs past the end of the file")
+    try:
+      header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"{path}: malformed safetensors header: {e}") from e
+  header.pop("__metadata__", None)
+  return header, 8 + n
+
+
+class _Checkpoint:
+  """Lazy, memory-mapped access to the tensors of one or more safetensors files."""
+
+  def __init__(self, directory: str):
+    index = os.path.join(directory, "model.safetensors.index.json")
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(index):
+      try:
+        with open(index, encoding="utf-8") as f:
+          weight_map = json.load(f)["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{index}: malformed index ({e})") from e
+      files = sorted(set(weight_map.values()))
+    elif os.path.exists(single):
+      files = ["model.safetensors"]
+    else:
+      files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+      if not files:
+        raise CheckpointError(f"{directory}: no model.safetensors, index or *.safetensors file")
+    self._where: dict[str, tuple[str, dict, int]] = {}
+    for name in files:
+      path = os.path.join(directory, name)
+      if not os.path.exists(path):
+        raise CheckpointError(f"{index}: lists shard {name}, which does not exist")
+      header, offset = _read_header(path)
+      for key, info in header.items():
+        self._where[key] = (path, info, offset)
+
+  def keys(self) -> set[str]:
+    return set(self._where)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._where
+
+  def get(self, key: str) -> np.ndarray:
+    path, info, offset = self._where[key]
+    if info["dtype"] not in _DTYPES:
+      raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    dtype = np.dtype(_DTYPES[info["dtype"]])
+    count = math.prod(info["shape"])
+    if end - start != count * dtype.itemsize:
+      raise CheckpointError(f"{path}: tensor {key!r} holds {end - start} bytes, "
+                            f"its shape {info['shape']} needs {count * dtype.itemsize}")
+    arr = np.memmap(path, dtype=dtype, mode="r", offset=offset + start, shape=(count,))
+    return arr.reshape(info["shape"])
+
+
+# The name map --------------------------------------------------------------------
+
+class _Entry(NamedTuple):
+  hf: str  # Hugging Face tensor name
+  path: tuple[str, ...]  # ("params" | "buffers", module, ..., leaf)
+  n_in: int  # kernel: how many leading dims of ours are the HF input dim; 0: copied as is
+
+
+def _linear(hf: str, path: tuple, n_in: int = 1, bias: bool = False) -> list[_Entry]:
+  entries = [_Entry(f"{hf}.weight", ("params",) + path + ("kernel",), n_in)]
+  if bias:
+    entries.append(_Entry(f"{hf}.bias", ("params",) + path + ("bias",), 0))
+  return entries
+
+
+def _norm(hf: str, path: tuple) -> _Entry:
+  return _Entry(f"{hf}.weight", ("params",) + path + ("scale",), 0)
+
+
+def _mlp(hf: str, path: tuple) -> list[_Entry]:
+  return [e for p in ("gate_proj", "up_proj", "down_proj") for e in _linear(f"{hf}.{p}", path + (p,))]
+
+
+def _tensor_map(c: ModelConfig) -> list[_Entry]:
+  """Every non-expert tensor of the checkpoint, with where it lives in our tree."""
+  entries = [_Entry("model.embed_tokens.weight", ("params", "embed_tokens", "embedding"), 0),
+             _norm("model.norm", ("norm",))]
+  if not c.tie_word_embeddings:
+    entries += _linear("lm_head", ("lm_head",))
+  bias = c.attention_bias
+  for i in range(c.num_hidden_layers):
+    hf, ours = f"model.layers.{i}", (f"layers_{i}",)
+    entries += [_norm(f"{hf}.input_layernorm", ours + ("input_layernorm",)),
+                _norm(f"{hf}.post_attention_layernorm", ours + ("post_attention_layernorm",))]
+    a, at = f"{hf}.self_attn", ours + ("self_attn",)
+    if c.use_mla:
+      if c.q_lora_rank is None:
+        entries += _linear(f"{a}.q_proj", at + ("q_proj",))
+      else:
+        entries += _linear(f"{a}.q_a_proj", at + ("q_a_proj",), bias=bias)
+        entries += [_norm(f"{a}.q_a_layernorm", at + ("q_a_layernorm",))]
+        entries += _linear(f"{a}.q_b_proj", at + ("q_b_proj",))
+      entries += _linear(f"{a}.kv_a_proj_with_mqa", at + ("kv_a_proj_with_mqa",), bias=bias)
+      entries += [_norm(f"{a}.kv_a_layernorm", at + ("kv_a_layernorm",))]
+      entries += _linear(f"{a}.kv_b_proj", at + ("kv_b_proj",))
+      entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=bias)
+    else:
+      for p in ("q_proj", "k_proj", "v_proj"):
+        entries += _linear(f"{a}.{p}", at + (p,), bias=bias)
+      entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=bias)
+    m, mt = f"{hf}.mlp", ours + ("mlp",)
+    if not c.is_moe_layer(i):
+      entries += _mlp(m, mt)
+      continue
+    entries += _linear(f"{m}.gate", mt + ("gate",))
+    if c.topk_method == "noaux_tc":
+      entries.append(_Entry(f"{m}.gate.e_score_correction_bias",
+                            ("buffers",) + mt + ("e_score_correction_bias",), 0))
+    if c.n_shared_experts:
+      entries += _mlp(f"{m}.shared_experts", mt + ("shared_experts",))
+  return entries
+
+
+def _to_ours(w: np.ndarray, shape: tuple, n_in: int) -> np.ndarray:
+  if n_in == 0:
+    return w.reshape(shape)
+  return w.T.reshape(shape)
+
+
+def _to_hf(x: np.ndarray, n_in: int) -> np.ndarray:
+  if n_in == 0:
+    return x
+  return x.reshape(math.prod(x.shape[:n_in]), -1).T
+
+
+def _get(tree: dict, path: tuple):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+# Reading ---------------------------------------------------------------------------
+
+def _read_experts(ckpt: _Checkpoint, c: ModelConfig, i: int, used: set[str]) -> dict:
+  """Stacked {gate_proj, up_proj: [E, D, F], down_proj: [E, F, D]} for MoE layer i."""
+  pre = f"model.layers.{i}.mlp.experts"
+  e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
+  if f"{pre}.gate_up_proj" in ckpt:  # transformers 5 in-memory layout
+    gu, down = ckpt.get(f"{pre}.gate_up_proj"), _require(ckpt, f"{pre}.down_proj")
+    _check_shape(f"{pre}.gate_up_proj", gu.shape, (e, 2 * f, d))
+    _check_shape(f"{pre}.down_proj", down.shape, (e, d, f))
+    used.update({f"{pre}.gate_up_proj", f"{pre}.down_proj"})
+    return {"gate_proj": np.swapaxes(gu[:, :f], 1, 2), "up_proj": np.swapaxes(gu[:, f:], 1, 2),
+            "down_proj": np.swapaxes(down, 1, 2)}
+  out = {}
+  for proj, hf_shape in (("gate_proj", (f, d)), ("up_proj", (f, d)), ("down_proj", (d, f))):
+    stack = []
+    for j in range(e):
+      name = f"{pre}.{j}.{proj}.weight"
+      w = _require(ckpt, name)
+      _check_shape(name, w.shape, hf_shape)
+      stack.append(w.T)
+      used.add(name)
+    out[proj] = np.stack(stack)
+  return out
+
+
+def _require(ckpt: _Checkpoint, name: str) -> np.ndarray:
+  if name not in ckpt:
+    raise CheckpointError(f"missing tensor {name!r} (the config expects it)")
+  return ckpt.get(name)
+
+
+def _check_shape(name: str, got: tuple, want: tuple) -> None:
+  if tuple(got) != tuple(want):
+    raise CheckpointError(f"tensor {name!r} has shape {tuple(got)}, the config expects {tuple(want)}")
+
+
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # recomputed from the config
+
+
+def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None,
+                    **config_overrides) -> Model:
+  """Loads a DeepSeek-family Hugging Face directory (config.json + safetensors).
+
+  Args:
+    path: the local directory.
+    dtype: activation dtype (jnp.float32 or jnp.bfloat16).
+    param_dtype: weight dtype; defaults to `dtype`.
+    **config_overrides: ModelConfig fields to change, e.g. dispatch="dense".
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: not a directory (pass a local Hugging Face model directory)")
+  c = ModelConfig.from_json_file(os.path.join(path, "config.json"))
+  try:
+    c = c.replace(dtype=jnp.dtype(dtype).name, param_dtype=jnp.dtype(param_dtype or dtype).name,
+                  **config_overrides)
+  except TypeError as e:
+    raise ConfigError(f"from_pretrained: {e}") from e
+  ckpt = _Checkpoint(path)
+  scales = sorted(k for k in ckpt.keys() if k.endswith("_scale_inv"))
+  if scales:
+    raise CheckpointError(f"{path}: FP8 checkpoint (e.g. {scales[0]!r}); dequantize it to bf16 first")
+  shapes = jax.eval_shape(lambda: Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  variables: dict = {}
+  used: set[str] = set()
+  for entry in _tensor_map(c):
+    target = _unbox(_get(shapes, entry.path))
+    w = _require(ckpt, entry.hf)
+    want_hf = _to_hf(np.empty(target.shape, np.int8), entry.n_in).shape
+    _check_shape(entry.hf, w.shape, want_hf)
+    _set(variables, entry.path, _device(_to_ours(np.asarray(w), target.shape, entry.n_in), target.dtype))
+    used.add(entry.hf)
+  for i in c.moe_layers:
+    path_i = ("params", f"layers_{i}", "mlp", "experts")
+    for name, w in _read_experts(ckpt, c, i, used).items():
+      _set(variables, path_i + (name,), _device(w, _unbox(_get(shapes, path_i + (name,))).dtype))
+  _check_leftovers(ckpt.keys() - used, c, path)
+  return Model(c, variables)
+
+
+def _unbox(x):
+  return x.unbox() if hasattr(x, "unbox") else x
+
+
+def _device(w: np.ndarray, dtype) -> jax.Array:
+  return jnp.asarray(np.asarray(w).astype(dtype))
+
+
+def _check_leftovers(left: set[str], c: ModelConfig, path: str) -> None:
+  mtp = re.compile(r"model\.layers\.(\d+)\.")
+  extra_layers = {k for k in left
+                  if (m := mtp.match(k)) and int(m.group(1)) >= c.num_hidden_layers}
+  if extra_layers:  # V3's multi-token-prediction module: not part of the causal LM
+    log.warning("%s: not loading %d tensors of layers past num_hidden_layers=%d "
+                "(multi-token prediction)", path, len(extra_layers), c.num_hidden_layers)
+  unknown = sorted(k for k in left - extra_layers if not _IGNORED.match(k))
+  if unknown:
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    raise CheckpointError(f"{path}: tensors the config does not account for: "
+                          f"{', '.join(unknown[:5])}{more}")
+
+
+# Writing ---------------------------------------------------------------------------
+
+def state_dict(model: Model) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (Hugging Face name, array) for every tensor, experts per expert."""
+  c, v = model.config, model.variables
+  for entry in _tensor_map(c):
+    yield entry.hf, _to_hf(np.asarray(_get(v, entry.path)), entry.n_in)
+  for i in c.moe_layers:
+    experts = v["params"][f"layers_{i}"]["mlp"]["experts"]
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      stack = np.asarray(experts[proj])
+      for j in range(c.n_routed_experts):
+        yield f"model.layers.{i}.mlp.experts.{j}.{proj}.weight", stack[j].T
+
+
+def save_pretrained(model: Model, path: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes config.json and safetensors (sharded past `max_shard_bytes`) that transformers loads.
+
+  The directory is assembled beside `path` and moved into place file by file,
+  config.json last, so an interrupted save never leaves a loadable half-checkpoint.
+  """
+  from safetensors.numpy import save_file  # writes bf16 through ml_dtypes
+
+  path = os.fspath(path)
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".moe_jax_save_", dir=parent)
+  try:
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, w in state_dict(model):
+      w = np.ascontiguousarray(w)
+      if size and size + w.nbytes > max_shard_bytes:
+        shards.append({})
+        size = 0
+      shards[-1][name] = w
+      size += w.nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for fname, shard in zip(names, shards):
+      save_file(shard, os.path.join(tmp, fname), metadata={"format": "pt"})
+    if len(shards) > 1:
+      index = {"metadata": {"total_size": sum(w.nbytes for s in shards for w in s.values())},
+               "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
+      with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    cfg = model.config.to_hf_dict()
+    cfg["torch_dtype"] = jnp.dtype(model.config.param_dtype).name
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(cfg, f, indent=2)
+    os.makedirs(path, exist_ok=True)
+    stale = os.path.join(path, "config.json")
+    if os.path.exists(stale):
+      os.remove(stale)  # whatever was here is no longer a consistent checkpoint
+    for fname in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
+      os.replace(os.path.join(tmp, fname), os.path.join(path, fname))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,181 @@
+"""The DeepSeek-family causal language model and the `Model` handle users hold.
+
+`Transformer` is the Flax module: embedding, `num_hidden_layers` pre-norm decoder
+layers (attention, then a dense SwiGLU for the first `first_k_dense_replace`
+layers and a DeepSeekMoE block after), a final norm and the output head.
+
+`Model` pairs a config with its variables ({"params"} plus, for V3, the router
+bias under {"buffers"}) and is what `from_pretrained`, `save_pretrained` and
+`generate` take: `model(input_ids)` returns logits.
+
+Dimension letters: B batch, T sequence, D width, V vocabulary, E experts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_jax import sharding as sh
+from moe_jax.attention import Attention, init_layer_cache
+from moe_jax.config import ModelConfig
+from moe_jax.layers import SwiGLU, dense, rms_norm
+from moe_jax.moe import MoE, MoEAux
+
+
+@flax.struct.dataclass
+class Output:
+  """What a forward pass returns."""
+
+  logits: jax.Array  # [B, T, V]
+  aux: MoEAux  # summed over MoE layers; expert_counts is [L_moe, E]
+  cache: Any = None  # the updated decoding cache, when one was passed
+  hidden: Any = None  # [B, T, D] final normed hidden states, when asked for
+
+
+class DecoderLayer(nn.Module):
+  config: ModelConfig
+  moe: bool
+
+  @nn.compact
+  def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0):
+    c = self.config
+    h, new_cache = Attention(c, name="self_attn")(
+        rms_norm(c, "input_layernorm")(x), positions, q_segments, k_segments, cache, cache_index)
+    x = x + h
+    h = rms_norm(c, "post_attention_layernorm")(x)
+    if self.moe:
+      h, aux = MoE(c, name="mlp")(h, q_segments != 0)
+    else:
+      h, aux = SwiGLU(c, c.intermediate_size, name="mlp")(h), None
+    return x + h, aux, new_cache
+
+
+class Transformer(nn.Module):
+  """DeepSeekMoE / DeepSeek-V2 / DeepSeek-V3 decoder-only language model."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids, positions=None, segment_ids=None, cache=None,
+               return_hidden: bool = False) -> Output:
+    """input_ids: int [B, T].
+
+    positions: [B, T] rotary positions (default 0..T-1, or continuing the cache).
+    segment_ids: [B, T] int, 0 for padding; tokens attend only within their
+      segment (default: all ones).
+    cache: from `init_cache`; the T tokens are written at cache["index"].
+    """
+    c = self.config
+    b, t = input_ids.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    start = 0 if cache is None else cache["index"]
+    if positions is None:
+      positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+    embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=jnp.dtype(c.dtype),
+                     param_dtype=jnp.dtype(c.param_dtype), name="embed_tokens",
+                     embedding_init=nn.with_logical_partitioning(
+                         nn.initializers.normal(c.initializer_range), (sh.VOCAB, sh.EMBED)))
+    x = embed(input_ids)  # [B, T, D]
+    if cache is None:
+      k_segments = segment_ids
+    else:
+      k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
+    new_layers, auxes = [], []
+    for i in range(c.num_hidden_layers):
+      layer_cache = None if cache is None else cache["layers"][i]
+      x, aux, new_cache = DecoderLayer(c, c.is_moe_layer(i), name=f"layers_{i}")(
+          x, positions, segment_ids, k_segments, layer_cache, start)
+      new_layers.append(new_cache)
+      if aux is not None:
+        auxes.append(aux)
+    x = rms_norm(c, "norm")(x)
+    if c.tie_word_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = dense(c, c.vocab_size, (sh.EMBED, sh.VOCAB), "lm_head")(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = {"index": start + t, "segment_ids": k_segments, "layers": tuple(new_layers)}
+    return Output(logits=logits, aux=_sum_aux(auxes, c), cache=new_cache,
+                  hidden=x if return_hidden else None)
+
+
+def _sum_aux(auxes: list[MoEAux], c: ModelConfig) -> MoEAux:
+  if not auxes:
+    zero = jnp.zeros((), jnp.float32)
+    return MoEAux(zero, zero, jnp.zeros((0, c.n_routed_experts or 0), jnp.int32),
+                  jnp.zeros((), jnp.int32))
+  return MoEAux(balance_loss=sum(a.balance_loss for a in auxes),
+                device_balance_loss=sum(a.device_balance_loss for a in auxes),
+                expert_counts=jnp.stack([a.expert_counts for a in auxes]),
+                dropped=sum(a.dropped for a in auxes))
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
+  """An empty decoding cache for `batch` sequences of up to `max_len` tokens."""
+  return {"index": jnp.zeros((), jnp.int32),
+          "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+          "layers": tuple(init_layer_cache(config, batch, max_len)
+                          for _ in range(config.num_hidden_layers))}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "return_hidden"))
+def _forward(config, variables, input_ids, positions=None, segment_ids=None, cache=None,
+             return_hidden=False):
+  return Transformer(config).apply(variables, input_ids, positions, segment_ids, cache,
+                                   return_hidden)
+
+
+@dataclasses.dataclass
+class Model:
+  """A config and its variables; `model(input_ids)` returns logits [B, T, V]."""
+
+  config: ModelConfig
+  variables: dict  # {"params": ..., "buffers": ...(V3 only)}
+
+  @property
+  def params(self) -> dict:
+    return self.variables["params"]
+
+  @property
+  def module(self) -> Transformer:
+    return Transformer(self.config)
+
+  def __call__(self, input_ids, **kwargs) -> jax.Array:
+    return self.apply(input_ids, **kwargs).logits
+
+  def apply(self, input_ids, positions=None, segment_ids=None, cache=None,
+            return_hidden=False) -> Output:
+    """The full forward pass (jit-compiled): logits, MoE aux, cache, hidden states."""
+    return _forward(self.config, self.variables, jnp.asarray(input_ids, jnp.int32), positions,
+                    segment_ids, cache, return_hidden)
+
+
+def init_variables(config: ModelConfig, rng: jax.Array | int = 0) -> dict:
+  """Random initial variables (normal(initializer_range) weights, unit norms)."""
+  if isinstance(rng, int):
+    rng = jax.random.key(rng)
+  dummy = jnp.zeros((1, 1), jnp.int32)
+  variables = jax.jit(Transformer(config).init)(rng, dummy)
+  variables = flax.core.unfreeze(nn.meta.unbox(variables))
+  variables.pop("intermediates", None)  # the router's sown outputs, not state
+  return variables
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> Model:
+  """A randomly initialised `Model`."""
+  return Model(config, init_variables(config, seed))
+
+
+def logical_axes(config: ModelConfig) -> dict:
+  """The logical axis names of every variable, as a tree shaped like the variables."""
+  boxed = jax.eval_shape(Transformer(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  return nn.get_partition_spec(boxed)

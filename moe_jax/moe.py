@@ -1,0 +1,248 @@
+"""The DeepSeekMoE layer: router, balance losses, token dispatch and the expert FFNs.
+
+Routing (`route`) implements every DeepSeek variant: softmax or sigmoid scores,
+greedy, group-limited greedy (V2) and bias-corrected group routing (V3
+`noaux_tc`), with renormalisation and scaling as the references do
+(DeepSeekMoE paper Eq. 9-11; shared spec deepseekmoe.md A.4).
+
+Dispatch runs the routed experts behind one interface, selected by
+`config.dispatch`:
+  * "sorted"     sort each sequence's (token, expert) pairs by expert into
+                 [E, capacity, D] buffers and run three batched matmuls. The
+                 default; `capacity_factor <= 0` makes it dropless.
+  * "ragged_dot" the same sort, then `jax.lax.ragged_dot` grouped matmuls
+                 (dropless; fast on TPU, not on GPU or CPU).
+  * "dense"      every expert on every token, weighted by the (mostly zero)
+                 gates: the reference the other two are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_jax import sharding as sh
+from moe_jax.config import ModelConfig
+from moe_jax.layers import SwiGLU, dense, dense_init
+
+
+@flax.struct.dataclass
+class MoEAux:
+  """What a MoE layer reports besides its output. Summed over layers by the model."""
+
+  balance_loss: jax.Array  # scalar: expert-level loss, already times aux_loss_alpha
+  device_balance_loss: jax.Array  # scalar: device-level loss, times device_aux_loss_alpha
+  expert_counts: jax.Array  # [E] (token, expert) assignments per expert, before dropping
+  dropped: jax.Array  # int32 scalar: assignments dropped by the capacity limit
+
+
+# Routing ---------------------------------------------------------------------
+
+def route(logits, config: ModelConfig, bias=None):
+  """Chooses K experts per token.
+
+  Args:
+    logits: [..., E] router logits, float32.
+    bias: [E] V3 `e_score_correction_bias`; it changes which experts are picked,
+      never their weights.
+  Returns:
+    (topk_idx [..., K] int32, topk_weights [..., K] float32, scores [..., E] float32),
+    where scores are the softmax/sigmoid affinities before any bias or masking.
+  """
+  c = config
+  e, k = c.n_routed_experts, c.num_experts_per_tok
+  scores = jax.nn.softmax(logits, -1) if c.scoring_func == "softmax" else jax.nn.sigmoid(logits)
+  if c.topk_method == "greedy":
+    _, idx = jax.lax.top_k(scores, k)
+  else:
+    choice = scores if bias is None else scores + bias
+    g = c.n_group or 1
+    grouped = choice.reshape(choice.shape[:-1] + (g, e // g))
+    if c.topk_method == "group_limited_greedy":
+      group_scores = grouped.max(-1)  # V2: a group is as good as its best expert
+      fill = 0.0
+    else:
+      group_scores = jax.lax.top_k(grouped, 2)[0].sum(-1)  # V3: sum of its top-2
+      fill = -jnp.inf
+    _, keep = jax.lax.top_k(group_scores, c.topk_group or 1)  # [..., topk_group]
+    group_mask = jnp.sum(jax.nn.one_hot(keep, g, dtype=jnp.bool_), axis=-2) > 0  # [..., g]
+    masked = jnp.where(group_mask[..., None], grouped, fill).reshape(choice.shape)
+    _, idx = jax.lax.top_k(masked, k)
+  weights = jnp.take_along_axis(scores, idx, axis=-1)
+  if c.scoring_func == "softmax":
+    # DeepSeek's MoEGate: renormalise (top-k > 1) or scale, never both.
+    if c.norm_topk_prob and k > 1:
+      weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    else:
+      weights = weights * c.routed_scaling_factor
+  else:
+    if c.norm_topk_prob:  # V3 renormalises the unbiased sigmoid scores, then scales
+      weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    weights = weights * c.routed_scaling_factor
+  return idx.astype(jnp.int32), weights, scores
+
+
+def balance_losses(scores, topk_idx, token_mask, config: ModelConfig):
+  """Expert- and device-level balance losses (DeepSeekMoE Eq. 12-15, V2 Eq. 23-27).
+
+  Args:
+    scores: [B, S, E] router affinities; topk_idx: [B, S, K]; token_mask: [B, S]
+      bool, False for padding (which neither loads experts nor counts in means).
+  Returns:
+    (expert_loss, device_loss), each already multiplied by its alpha.
+  With `seq_aux` the expert-level loss is computed per sequence and averaged, as
+  DeepSeek's MoEGate does; sigmoid scores are first normalised over experts per
+  token (the V3 sequence-wise loss).
+  """
+  c = config
+  e, k = c.n_routed_experts, c.num_experts_per_tok
+  if c.scoring_func == "sigmoid":
+    scores = scores / (scores.sum(-1, keepdims=True) + 1e-20)
+  m = token_mask.astype(jnp.float32)  # [B, S]
+  load = jnp.sum(jax.nn.one_hot(topk_idx, e, dtype=jnp.float32), axis=-2) * m[..., None]  # [B, S, E]
+  p = scores * m[..., None]
+  if c.seq_aux:
+    n = jnp.maximum(m.sum(-1), 1.0)[:, None]  # [B, 1] real tokens per sequence
+    f = load.sum(1) / (n * k / e)  # [B, E]
+    expert = jnp.mean(jnp.sum(f * (p.sum(1) / n), -1)) * c.aux_loss_alpha
+  else:
+    n = jnp.maximum(m.sum(), 1.0)
+    f = load.sum((0, 1)) * e / (n * k)  # [E]
+    expert = jnp.sum(f * p.sum((0, 1)) / n) * c.aux_loss_alpha
+  n = jnp.maximum(m.sum(), 1.0)
+  f_all = load.sum((0, 1)) * e / (n * k)  # [E]
+  p_all = p.sum((0, 1)) / n  # [E]
+  d = c.n_balance_devices
+  f_dev = f_all.reshape(d, e // d).mean(-1)  # mean f of each device's experts
+  p_dev = p_all.reshape(d, e // d).sum(-1)  # total affinity of each device's experts
+  device = jnp.sum(f_dev * p_dev) * c.device_aux_loss_alpha
+  return expert, device
+
+
+# Dispatch --------------------------------------------------------------------
+
+def capacity(tokens: int, config: ModelConfig) -> int:
+  """Slots per expert for a group of `tokens` tokens; `tokens` itself when dropless."""
+  cf = config.capacity_factor
+  if cf <= 0:
+    return tokens  # a token picks an expert at most once, so this never drops
+  return min(tokens, max(1, math.ceil(cf * tokens * config.num_experts_per_tok / config.n_routed_experts)))
+
+
+def _sort_by_expert(topk_idx, n_experts):
+  """Orders the flattened (token, k) assignments by expert.
+
+  Returns (order [A], sorted_expert [A], counts [E]) for A = tokens * K, where
+  order[i] is the flat assignment index at sorted position i.
+  """
+  flat = topk_idx.reshape(-1)
+  order = jnp.argsort(flat, stable=True)
+  return order, flat[order], jnp.bincount(flat, length=n_experts)
+
+
+def _swiglu_stacked(x, wg, wu, wd):
+  """x: [E, C, D] through each expert's SwiGLU: wg, wu [E, D, F], wd [E, F, D]."""
+  h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", x, wg)) * jnp.einsum("ecd,edf->ecf", x, wu)
+  return jnp.einsum("ecf,efd->ecd", h, wd)
+
+
+def _combine(y_sorted, order, weights, k, n_tokens, dtype):
+  """Sums gate-weighted expert outputs [A, D] (sorted order) back onto tokens [T, D]."""
+  w = weights.reshape(-1)[order].astype(jnp.float32)
+  contrib = y_sorted.astype(jnp.float32) * w[:, None]
+  out = jnp.zeros((n_tokens, y_sorted.shape[-1]), jnp.float32).at[order // k].add(contrib)
+  return out.astype(dtype)
+
+
+def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert):
+  """Capacity-buffer dispatch for one group. x: [T, D], topk_*: [T, K]. Returns (y, dropped)."""
+  t, k = topk_idx.shape
+  e, cap = wg.shape[0], capacity_per_expert
+  order, sorted_e, counts = _sort_by_expert(topk_idx, e)
+  starts = jnp.cumsum(counts) - counts
+  pos = jnp.arange(t * k) - starts[sorted_e]  # rank of each assignment within its expert
+  slot = jnp.where(pos < cap, sorted_e * cap + pos, e * cap)  # e * cap: out of range = dropped
+  buf = jnp.zeros((e * cap, x.shape[-1]), x.dtype).at[slot].set(x[order // k], mode="drop")
+  out = _swiglu_stacked(buf.reshape(e, cap, -1), wg, wu, wd).reshape(e * cap, -1)
+  y_sorted = jnp.take(out, slot, axis=0, mode="fill", fill_value=0)
+  dropped = jnp.sum(pos >= cap).astype(jnp.int32)
+  return _combine(y_sorted, order, topk_weights, k, t, x.dtype), dropped
+
+
+def ragged_experts(x, topk_idx, topk_weights, wg, wu, wd):
+  """Grouped-matmul dispatch with `jax.lax.ragged_dot`; dropless. x: [T, D], topk_*: [T, K]."""
+  t, k = topk_idx.shape
+  order, _, counts = _sort_by_expert(topk_idx, wg.shape[0])
+  xs = x[order // k]  # [A, D], grouped by expert
+  h = jax.nn.silu(jax.lax.ragged_dot(xs, wg, counts)) * jax.lax.ragged_dot(xs, wu, counts)
+  y_sorted = jax.lax.ragged_dot(h, wd, counts)
+  return _combine(y_sorted, order, topk_weights, k, t, x.dtype)
+
+
+def dense_experts(x, topk_idx, topk_weights, wg, wu, wd):
+  """Every expert on every token (E/K times the work): the reference. x: [T, D]."""
+  e = wg.shape[0]
+  gates = jnp.sum(jax.nn.one_hot(topk_idx, e, dtype=jnp.float32) * topk_weights[..., None], -2)  # [T, E]
+  h = jax.nn.silu(jnp.einsum("td,edf->tef", x, wg)) * jnp.einsum("td,edf->tef", x, wu)
+  y = jnp.einsum("tef,efd->ted", h, wd).astype(jnp.float32)
+  return jnp.einsum("ted,te->td", y, gates).astype(x.dtype)
+
+
+class RoutedExperts(nn.Module):
+  """The E routed SwiGLU experts, stored stacked: gate/up [E, D, F], down [E, F, D]."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, topk_idx, topk_weights):
+    """x: [B, S, D], topk_*: [B, S, K] -> (y [B, S, D], dropped assignments)."""
+    c = self.config
+    e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
+    pdt = jnp.dtype(c.param_dtype)
+    wg = self.param("gate_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (e, d, f), pdt)
+    wu = self.param("up_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (e, d, f), pdt)
+    wd = self.param("down_proj", dense_init(c, (sh.EXP, sh.MLP, sh.EMBED)), (e, f, d), pdt)
+    wg, wu, wd = (w.astype(c.dtype) for w in (wg, wu, wd))
+    b, s, _ = x.shape
+    if c.dispatch == "sorted":
+      # One routing group per sequence keeps the batch axis free for data parallelism.
+      fn = lambda xb, ib, wb: sorted_experts(xb, ib, wb, wg, wu, wd, capacity(s, c))
+      y, dropped = jax.vmap(fn)(x, topk_idx, topk_weights)
+      return y, dropped.sum()
+    flat = lambda a: a.reshape((b * s,) + a.shape[2:])
+    fn = ragged_experts if c.dispatch == "ragged_dot" else dense_experts
+    y = fn(flat(x), flat(topk_idx), flat(topk_weights), wg, wu, wd)
+    return y.reshape(x.shape), jnp.zeros((), jnp.int32)
+
+
+class MoE(nn.Module):
+  """Routed experts plus always-on shared experts (DeepSeekMoE Eq. 9)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, token_mask):
+    """x: [B, S, D], token_mask: [B, S] bool (False = padding) -> (y [B, S, D], MoEAux)."""
+    c = self.config
+    # The router runs in float32 (as DeepSeek's does), whatever the activation dtype.
+    gate = dense(c, c.n_routed_experts, (sh.EMBED, sh.EXP), "gate", dtype=jnp.float32,
+                 param_dtype=jnp.float32)
+    logits = gate(x.astype(jnp.float32))  # [B, S, E]
+    bias = None
+    if c.topk_method == "noaux_tc":
+      # A buffer, not a parameter: the optimizer never sees it (V3 updates it by load).
+      bias = self.variable("buffers", "e_score_correction_bias",
+                           lambda: jnp.zeros((c.n_routed_experts,), jnp.float32)).value
+    topk_idx, topk_weights, scores = route(logits, c, bias)
+    self.sow("intermediates", "routing", {"scores": scores, "topk_idx": topk_idx})
+    y, dropped = RoutedExperts(c, name="experts")(x, topk_idx, topk_weights)
+    if c.n_shared_experts:
+      y = y + SwiGLU(c, c.moe_intermediate_size * c.n_shared_experts, name="shared_experts")(x)
+    expert_loss, device_loss = balance_losses(scores, topk_idx, token_mask, c)
+    counts = jnp.sum(jax.nn.one_hot(topk_idx, c.n_routed_experts, dtype=jnp.int32)
+                     * token_mask[..., None, None], axis=(0, 1, 2))
+    return y, MoEAux(expert_loss, device_loss, counts, dropped)
