@@ -145,6 +145,8 @@ class ModelConfig:
       kwargs["rope_scaling"] = None if kind == "default" else rope
     elif rope is not None:
       raise ConfigError(f"{source}: field 'rope_scaling' must be an object, got {rope!r}")
+    if model_type != "deepseek":
+      kwargs.pop("head_dim", None)  # transformers writes qk_rope_head_dim here for MLA models
     if model_type == "deepseek":
       kwargs["kv_lora_rank"] = None  # DeepSeekMoE 16B: MHA
       kwargs.setdefault("seq_aux", True)
@@ -184,7 +186,8 @@ class ModelConfig:
       for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
                 "v_head_dim", "rope_interleave", "topk_method", "n_group", "topk_group"):
         d.pop(k)
-      d["head_dim"] = self.mha_head_dim
+      if self.head_dim is None:
+        d.pop("head_dim")
     else:
       d.pop("head_dim")
     if self.model_type != "deepseek_v3":

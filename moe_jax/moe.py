@@ -108,7 +108,9 @@ def balance_losses(scores, topk_idx, token_mask, config: ModelConfig):
   if c.seq_aux:
     n = jnp.maximum(m.sum(-1), 1.0)[:, None]  # [B, 1] real tokens per sequence
     f = load.sum(1) / (n * k / e)  # [B, E]
-    expert = jnp.mean(jnp.sum(f * (p.sum(1) / n), -1)) * c.aux_loss_alpha
+    has_tokens = (m.sum(-1) > 0).astype(jnp.float32)  # all-padding rows do not dilute the mean
+    per_seq = jnp.sum(f * (p.sum(1) / n), -1)
+    expert = jnp.sum(per_seq * has_tokens) / jnp.maximum(has_tokens.sum(), 1.0) * c.aux_loss_alpha
   else:
     n = jnp.maximum(m.sum(), 1.0)
     f = load.sum((0, 1)) * e / (n * k)  # [E]
@@ -158,18 +160,25 @@ def _combine(y_sorted, order, weights, k, n_tokens, dtype):
   return out.astype(dtype)
 
 
-def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert):
-  """Capacity-buffer dispatch for one group. x: [T, D], topk_*: [T, K]. Returns (y, dropped)."""
+def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert, valid=None):
+  """Capacity-buffer dispatch for one group. x: [T, D], topk_*: [T, K].
+
+  valid: [T] bool; padding tokens (False) take no expert slot and are not
+  counted as dropped. Returns (y [T, D], dropped assignments of valid tokens).
+  """
   t, k = topk_idx.shape
   e, cap = wg.shape[0], capacity_per_expert
-  order, sorted_e, counts = _sort_by_expert(topk_idx, e)
+  if valid is not None:  # padding goes to a sentinel expert E that sorts last and is always dropped
+    topk_idx = jnp.where(valid[:, None], topk_idx, e)
+  order, sorted_e, counts = _sort_by_expert(topk_idx, e + 1)
   starts = jnp.cumsum(counts) - counts
   pos = jnp.arange(t * k) - starts[sorted_e]  # rank of each assignment within its expert
-  slot = jnp.where(pos < cap, sorted_e * cap + pos, e * cap)  # e * cap: out of range = dropped
+  kept = (pos < cap) & (sorted_e < e)
+  slot = jnp.where(kept, sorted_e * cap + pos, e * cap)  # e * cap: out of range = dropped
   buf = jnp.zeros((e * cap, x.shape[-1]), x.dtype).at[slot].set(x[order // k], mode="drop")
   out = _swiglu_stacked(buf.reshape(e, cap, -1), wg, wu, wd).reshape(e * cap, -1)
   y_sorted = jnp.take(out, slot, axis=0, mode="fill", fill_value=0)
-  dropped = jnp.sum(pos >= cap).astype(jnp.int32)
+  dropped = jnp.sum(~kept & (sorted_e < e)).astype(jnp.int32)
   return _combine(y_sorted, order, topk_weights, k, t, x.dtype), dropped
 
 
@@ -198,8 +207,8 @@ class RoutedExperts(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, topk_idx, topk_weights):
-    """x: [B, S, D], topk_*: [B, S, K] -> (y [B, S, D], dropped assignments)."""
+  def __call__(self, x, topk_idx, topk_weights, token_mask):
+    """x: [B, S, D], topk_*: [B, S, K], token_mask: [B, S] -> (y [B, S, D], dropped)."""
     c = self.config
     e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
     pdt = jnp.dtype(c.param_dtype)
@@ -210,8 +219,10 @@ class RoutedExperts(nn.Module):
     b, s, _ = x.shape
     if c.dispatch == "sorted":
       # One routing group per sequence keeps the batch axis free for data parallelism.
-      fn = lambda xb, ib, wb: sorted_experts(xb, ib, wb, wg, wu, wd, capacity(s, c))
-      y, dropped = jax.vmap(fn)(x, topk_idx, topk_weights)
+      # Under a capacity limit padding must not take real tokens' slots; dropless, it is harmless.
+      valid = token_mask if c.capacity_factor > 0 else jnp.ones_like(token_mask)
+      fn = lambda xb, ib, wb, mb: sorted_experts(xb, ib, wb, wg, wu, wd, capacity(s, c), mb)
+      y, dropped = jax.vmap(fn)(x, topk_idx, topk_weights, valid)
       return y, dropped.sum()
     flat = lambda a: a.reshape((b * s,) + a.shape[2:])
     fn = ragged_experts if c.dispatch == "ragged_dot" else dense_experts
@@ -238,11 +249,14 @@ class MoE(nn.Module):
       bias = self.variable("buffers", "e_score_correction_bias",
                            lambda: jnp.zeros((c.n_routed_experts,), jnp.float32)).value
     topk_idx, topk_weights, scores = route(logits, c, bias)
-    self.sow("intermediates", "routing", {"scores": scores, "topk_idx": topk_idx})
-    y, dropped = RoutedExperts(c, name="experts")(x, topk_idx, topk_weights)
+    self.sow("intermediates", "routing",
+             {"scores": scores, "topk_idx": topk_idx, "topk_weights": topk_weights})
+    y, dropped = RoutedExperts(c, name="experts")(x, topk_idx, topk_weights, token_mask)
     if c.n_shared_experts:
       y = y + SwiGLU(c, c.moe_intermediate_size * c.n_shared_experts, name="shared_experts")(x)
-    expert_loss, device_loss = balance_losses(scores, topk_idx, token_mask, c)
+    # V3's sequence-wise loss counts the top-k of the unbiased affinities (V3 report Eq. 17-20).
+    loss_idx = topk_idx if bias is None else jax.lax.top_k(scores, c.num_experts_per_tok)[1]
+    expert_loss, device_loss = balance_losses(scores, loss_idx, token_mask, c)
     counts = jnp.sum(jax.nn.one_hot(topk_idx, c.n_routed_experts, dtype=jnp.int32)
                      * token_mask[..., None, None], axis=(0, 1, 2))
     return y, MoEAux(expert_loss, device_loss, counts, dropped)

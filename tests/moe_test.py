@@ -29,7 +29,7 @@ import torch
 
 from moe_jax import config as config_lib
 from moe_jax import moe
-from moe_jax.model import init_model
+from moe_jax.model import Model, Transformer, init_model
 
 # Float32 results against float64 references.
 RTOL = 2e-5
@@ -307,7 +307,8 @@ def test_routed_experts_module_dispatches_agree():
     c = _cfg(hidden_size=D, moe_intermediate_size=F, n_routed_experts=E, num_experts_per_tok=k,
              dispatch=dispatch)
     y, dropped = moe.RoutedExperts(c).apply(_routed_params(wg, wu, wd), x.reshape(b, s, D),
-                                            idx.reshape(b, s, k), w.reshape(b, s, k))
+                                            idx.reshape(b, s, k), w.reshape(b, s, k),
+                                            np.ones((b, s), bool))
     assert int(dropped) == 0
     np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=1e-5 * np.abs(want).max(),
                                err_msg=dispatch)
@@ -318,13 +319,17 @@ def test_model_logits_same_for_every_dispatch():
   tokens = np.random.default_rng(4).integers(0, base.vocab_size, (2, 12)).astype(np.int32)
   segments = np.ones_like(tokens)
   segments[1, :3] = 0  # some padding: it must not change anything between dispatches
-  outs, params = {}, {}
+  # The dispatch changes no variable: same names and shapes, hence the same
+  # values from the same seed. (Checked abstractly; compiling three inits is slow.)
+  abstract = lambda c: jax.eval_shape(Transformer(c).init, jax.random.key(0),
+                                      jnp.zeros((1, 1), jnp.int32))["params"]
+  shapes = {d: abstract(base.replace(dispatch=d)) for d in ("sorted", "ragged_dot", "dense")}
+  assert shapes["sorted"] == shapes["ragged_dot"] == shapes["dense"]
+  ref_model = init_model(base.replace(dispatch="dense"), seed=0)
+  outs = {}
   for dispatch in ("sorted", "ragged_dot", "dense"):
-    model = init_model(base.replace(dispatch=dispatch), seed=0)
-    params[dispatch] = model.params
+    model = Model(base.replace(dispatch=dispatch), ref_model.variables)
     outs[dispatch] = model.apply(tokens, segment_ids=jnp.asarray(segments))
-  jax.tree.map(np.testing.assert_array_equal, params["sorted"], params["dense"])
-  jax.tree.map(np.testing.assert_array_equal, params["sorted"], params["ragged_dot"])
   ref = outs["dense"]
   scale = np.abs(np.asarray(ref.logits)).max()
   for dispatch in ("sorted", "ragged_dot"):
@@ -334,6 +339,8 @@ def test_model_logits_same_for_every_dispatch():
     np.testing.assert_array_equal(np.asarray(o.aux.expert_counts), np.asarray(ref.aux.expert_counts))
     np.testing.assert_allclose(float(o.aux.balance_loss), float(ref.aux.balance_loss), rtol=1e-5)
     assert int(o.aux.dropped) == 0
+  # Padding tokens load no expert: one MoE layer, 21 real tokens, K assignments each.
+  assert int(ref.aux.expert_counts.sum()) == segments.sum() * base.num_experts_per_tok
 
 
 # Capacity and dropping ---------------------------------------------------------
@@ -403,7 +410,8 @@ def test_routed_experts_capacity_is_per_sequence():
            capacity_factor=1.0, dispatch="sorted")
   cap = moe.capacity(s, c)
   assert cap == 2
-  y, dropped = moe.RoutedExperts(c).apply(_routed_params(wg, wu, wd), x, idx, w)
+  y, dropped = moe.RoutedExperts(c).apply(_routed_params(wg, wu, wd), x, idx, w,
+                                          np.ones((b, s), bool))
   want_dropped = 0
   for i in range(b):
     counts = np.bincount(idx[i].reshape(-1), minlength=E)
@@ -412,6 +420,26 @@ def test_routed_experts_capacity_is_per_sequence():
     want = _ref_experts(x[i], idx[i], w[i], wg, wu, wd, keep)
     np.testing.assert_allclose(np.asarray(y[i]), want, rtol=RTOL, atol=1e-5 * np.abs(want).max())
   assert want_dropped > 0 and int(dropped) == want_dropped
+
+
+def test_padding_takes_no_capacity():
+  """Left padding routed to the hot expert must not push real tokens out of its slots."""
+  rng = np.random.default_rng(8)
+  s, k, pad = 8, 1, 3
+  idx = np.zeros((s, k), np.int32)  # everything wants expert 0
+  idx[5:] = 1
+  w = rng.uniform(0.1, 1.0, idx.shape).astype(np.float32)
+  x = rng.normal(0, 1, (s, D)).astype(np.float32)
+  wg, wu, wd = _expert_weights(rng)
+  valid = np.arange(s) >= pad
+  cap = 2
+  y, dropped = _SORTED(x, idx, w, wg, wu, wd, cap, jnp.asarray(valid))
+  # Real tokens 3, 4 take expert 0's two slots; tokens 5..7 go to expert 1 (2 slots, 1 dropped).
+  keep = np.zeros((s, k), bool)
+  keep[[3, 4, 5, 6]] = True
+  want = _ref_experts(x, idx, w, wg, wu, wd, keep)
+  np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=1e-5 * np.abs(want).max())
+  assert int(dropped) == 1  # token 7; padding is never counted as dropped
 
 
 # Balance losses ----------------------------------------------------------------
@@ -478,6 +506,19 @@ def test_expert_balance_loss(seq_aux, padded):
   if padded:
     unmasked = _ref_deepseek_aux(scores, topk, np.ones_like(mask), e, k, 0.003, seq_aux)
     assert abs(unmasked - want) > 1e-3 * want  # the padding would have mattered
+
+
+def test_all_padding_row_does_not_dilute_seq_aux():
+  e, k = 8, 2
+  scores, topk = _loss_inputs(e=e, k=k)
+  mask = np.ones(scores.shape[:2], bool)
+  c = _cfg(n_routed_experts=e, num_experts_per_tok=k, seq_aux=True, aux_loss_alpha=0.003)
+  full = moe.balance_losses(jnp.asarray(scores[:2], jnp.float32), jnp.asarray(topk[:2]),
+                            jnp.asarray(mask[:2]), c)[0]
+  mask[2] = False  # the third row is all padding
+  got = moe.balance_losses(jnp.asarray(scores, jnp.float32), jnp.asarray(topk),
+                           jnp.asarray(mask), c)[0]
+  np.testing.assert_allclose(float(got), float(full), rtol=RTOL)
 
 
 def test_expert_balance_loss_uniform_is_alpha():
