@@ -6,7 +6,7 @@
 Kept short so the logic lives in `moe_jax.train_lib`, importable from notebooks.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from moe_jax import train_lib
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
   train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

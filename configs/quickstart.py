@@ -1,18 +1,23 @@
-"""Quickstart: a tiny DeepSeekMoE trained for a few minutes on CPU on the shipped ESFT samples.
+"""Quickstart: a tiny DeepSeekMoE, pretrained briefly on the shipped ESFT samples, then ESFT on intent.
 
+Runs on CPU in a few minutes:
     python train.py --config=configs/quickstart.py --workdir=/tmp/moe_jax_quickstart
-    python train.py --config=configs/quickstart.py --workdir=DIR --config.num_train_steps=20
+
+Stages (each resumes from its checkpoints in the workdir):
+  1. pretrain: full training from random init on intent + law samples;
+  2. ESFT: score experts on the intent data (token selection ratio), keep per
+     layer the experts covering p=0.2 of the routing, train only those;
+  3. evaluate before/after, export Hugging Face safetensors and the ESFT adapter.
 """
 
 import ml_collections
 
+from moe_jax.train_config import base_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.init_from = ""  # a Hugging Face model directory to fine-tune; "" = random init from `model`
-  # Any ModelConfig field (Hugging Face names) may be set next to the preset.
-  c.model = ml_collections.ConfigDict(dict(
+  c = base_config()
+  c.model.update(dict(
       preset="tiny",
       vocab_size=264,  # the byte tokenizer's 259 ids, rounded up to a multiple of 8
       hidden_size=128,
@@ -23,24 +28,21 @@ def get_config() -> ml_collections.ConfigDict:
       moe_intermediate_size=64,
       intermediate_size=256,
       max_position_embeddings=1024,
-      dispatch="sorted",
-      capacity_factor=0.0,  # dropless; 1.25-2.0 trades exactness for speed at scale
-      aux_loss_alpha=0.001,
   ))
-  c.data = ml_collections.ConfigDict(dict(
-      tokenizer="byte",  # or a path to a tokenizer.json
+  c.pretrain = ml_collections.ConfigDict(dict(
+      num_train_steps=120,
       train_files=["assets:intent_train_sample.jsonl", "assets:law_train_sample.jsonl"],
-      seq_len=256,
-      batch_size=8,
-      eval_fraction=0.1,  # the first rows are held out for evaluation
-      max_examples=0,  # 0 = all
+      learning_rate=3e-3,
   ))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=3e-3, warmup_steps=20, final_lr_fraction=0.1, weight_decay=0.1,
-      b1=0.9, b2=0.95, grad_clip=1.0))
-  c.num_train_steps = 150
-  c.log_every = 10
-  c.export_hf = True  # write workdir/hf as Hugging Face safetensors at the end
+  c.data.train_files = ["assets:intent_train_sample.jsonl"]
+  c.data.seq_len = 256
+  c.data.batch_size = 8
+  c.train_mode = "esft"
+  c.esft.score_function = "token"
+  c.esft.top_p = 0.2
+  c.esft.n_score_tokens = 16384
+  c.optimizer.learning_rate = 1e-3
+  c.num_train_steps = 60
+  c.eval_every = 0
   c.sample_prompt = "请分析下面这句话的意图，并转化为json格式： 帮我打开客厅的灯\n答案："
-  c.sample_tokens = 48
   return c

@@ -14,12 +14,17 @@ own segment (attention and the loss never cross a boundary). An example that
 does not fit the rest of a row starts a new row; one longer than `seq_len` keeps
 its last `seq_len` tokens (ESFT left-truncates too).
 
-Batches come from a grain `MapDataset` whose element i is a pure function of
-(seed, i), so a resumed run reads exactly the batches it would have.
+Packed rows are prepared once into a tensorflow-datasets ArrayRecord dataset
+(`PackedChat`; no TensorFlow needed) under the run's data directory, keyed by
+a fingerprint of the files, tokenizer and sequence length. Batches come from a
+grain `MapDataset` over it whose element i is a pure function of (seed, i); the
+iterator's position is saved in checkpoints, so a resumed run reads exactly the
+batches it would have.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Iterable, Sequence
@@ -125,25 +130,118 @@ def pack(examples: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id
   return out
 
 
-def load_packed(paths: Sequence[str], tokenizer, seq_len: int, max_examples: int | None = None) -> dict:
-  """Reads, encodes and packs the chat files in `paths` (in order)."""
+def read_examples(paths: Sequence[str], max_examples: int = 0) -> list[list[dict]]:
   examples = []
   for p in paths:
     examples.extend(read_chat_jsonl(p))
-  if max_examples:
-    examples = examples[:max_examples]
+  return examples[:max_examples] if max_examples else examples
+
+
+def split_examples(examples: list, eval_fraction: float, seed: int = 0) -> tuple[list, list]:
+  """(train, eval): a seeded random `eval_fraction` of the examples is held out."""
+  order = np.random.default_rng(seed).permutation(len(examples))
+  n_eval = int(round(len(examples) * eval_fraction))
+  if eval_fraction > 0:
+    n_eval = max(n_eval, 1)
+  held = set(order[:n_eval].tolist())
+  return ([e for i, e in enumerate(examples) if i not in held],
+          [e for i, e in enumerate(examples) if i in held])
+
+
+def load_packed(paths: Sequence[str], tokenizer, seq_len: int, max_examples: int = 0) -> dict:
+  """Reads, encodes and packs the chat files in `paths` (in order), in memory."""
+  examples = read_examples(paths, max_examples)
   return pack((encode_chat(m, tokenizer) for m in examples), seq_len, tokenizer.pad_id)
 
 
-def batches(rows: dict, batch_size: int, seed: int, shuffle: bool = True) -> grain.MapDataset:
-  """An endless MapDataset of batches ({name: [batch_size, seq_len]}), reshuffled each epoch.
+def _rows(rows: dict):
+  return [{k: v[i] for k, v in rows.items()} for i in range(len(rows["tokens"]))]
 
-  Element i is the i-th batch of the run: index it with the step to resume.
+
+def prepare(paths: Sequence[str], tokenizer, tokenizer_name: str, seq_len: int,
+            eval_fraction: float, data_dir: str, max_examples: int = 0, seed: int = 0) -> dict:
+  """Packs the chat files into an ArrayRecord dataset (once) and returns its data sources.
+
+  Returns {"train": source, "eval": source}: random-access sequences of row
+  dicts, read from `data_dir` by tensorflow-datasets.
   """
-  n = len(rows["tokens"])
+  import tensorflow_datasets as tfds
+
+  h = hashlib.sha1()
+  for p in paths:
+    with open(p, "rb") as f:
+      h.update(hashlib.sha1(f.read()).digest())
+  h.update(json.dumps([tokenizer_name, seq_len, eval_fraction, max_examples, seed]).encode())
+  builder = _packed_chat_builder()(
+      paths=list(paths), tokenizer=tokenizer, seq_len=seq_len, eval_fraction=eval_fraction,
+      max_examples=max_examples, seed=seed, data_dir=data_dir, file_format="array_record",
+      config=tfds.core.BuilderConfig(name="fp_" + h.hexdigest()[:16]))
+  builder.download_and_prepare()
+  return {split: builder.as_data_source(split=split) for split in ("train", "eval")}
+
+
+_BUILDER = None
+
+
+def _packed_chat_builder():
+  """The TFDS builder class, defined on first use so importing this module stays light."""
+  global _BUILDER
+  if _BUILDER is not None:
+    return _BUILDER
+  import tensorflow_datasets as tfds
+
+  class PackedChat(tfds.core.GeneratorBasedBuilder):
+    """Packed chat rows (tokens, loss_mask, segment_ids, positions) with train/eval splits."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    url_infos = {}  # nothing to download; skips TFDS's checksum-file lookup beside the code
+
+    def __init__(self, *, paths, tokenizer, seq_len, eval_fraction, max_examples, seed, **kwargs):
+      self._paths, self._tokenizer, self._seq_len = paths, tokenizer, seq_len
+      self._eval_fraction, self._max_examples, self._seed = eval_fraction, max_examples, seed
+      super().__init__(**kwargs)
+
+    def _info(self):
+      row = tfds.features.Tensor
+      n = self._seq_len
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "tokens": row(shape=(n,), dtype=np.int32), "loss_mask": row(shape=(n,), dtype=np.bool_),
+          "segment_ids": row(shape=(n,), dtype=np.int32), "positions": row(shape=(n,), dtype=np.int32)}))
+
+    def _split_generators(self, dl_manager):
+      examples = read_examples(self._paths, self._max_examples)
+      train, held = split_examples(examples, self._eval_fraction, self._seed)
+      return {"train": self._generate_examples(train), "eval": self._generate_examples(held)}
+
+    def _generate_examples(self, examples):
+      if not examples:
+        return
+      tok = self._tokenizer
+      rows = pack((encode_chat(m, tok) for m in examples), self._seq_len, tok.pad_id)
+      for i, row in enumerate(_rows(rows)):
+        yield i, row
+
+  _BUILDER = PackedChat
+  return PackedChat
+
+
+def batches(source, batch_size: int, seed: int, shuffle: bool = True, process_index: int = 0,
+            process_count: int = 1) -> grain.MapDataset:
+  """An endless MapDataset of this process's share of each global batch.
+
+  source: a data source (or packed-rows dict); batch_size is the global batch.
+  Element i is batch i of the run on every process, reshuffled each epoch.
+  """
+  if isinstance(source, dict):
+    source = _rows(source)
+  n = len(source)
   if n < batch_size:
-    raise DataError(f"{n} packed rows cannot fill a batch of {batch_size}; lower the batch size")
-  ds = grain.MapDataset.source([{k: v[i] for k, v in rows.items()} for i in range(n)])
+    raise DataError(f"{n} packed rows cannot fill a batch of {batch_size}; lower the batch size "
+                    f"or add data")
+  if batch_size % process_count:
+    raise DataError(f"batch size {batch_size} is not divisible by {process_count} processes")
+  ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  return ds.repeat().batch(batch_size, drop_remainder=True)
+  ds = ds.repeat().batch(batch_size // process_count, drop_remainder=True)
+  return ds[process_index::process_count] if process_count > 1 else ds

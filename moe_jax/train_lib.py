@@ -1,12 +1,25 @@
 """Training: the pure train/eval steps and `train_and_evaluate`, driven by an ml_collections config.
 
-`train_step(state, batch) -> (state, metrics)` is jitted once. Metrics are sums
-with their denominators (`loss_sum`/`tokens`), so they add up across steps and
-devices before dividing.
+One step function serves full fine-tuning and ESFT. The parameter tree is the
+ESFT split tree (`moe_jax.esft.partition`; for FFT it is the plain tree), every
+leaf labelled "train" or "frozen". The step differentiates only the trained
+leaves, and `optax.multi_transform` gives the frozen ones `set_to_zero()`, so
+they get no updates, no weight decay and no optimizer state.
+
+`train_step(state, batch) -> (state, metrics)` is built once per run
+(`make_train_step`) and jitted once with the state's and the batch's shardings
+on the device mesh. Metrics are sums with their denominators (`loss_sum` /
+`tokens`). A step whose loss or gradients are not finite leaves the state as it
+was, and the run stops there with a checkpoint of the last good state.
+
+A run: [optional base pretraining] -> [ESFT: score experts, select] -> train
+with periodic Orbax checkpoints (resumed automatically from `workdir`) ->
+evaluate -> export Hugging Face safetensors (and an ESFT adapter).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -20,74 +33,108 @@ import numpy as np
 import optax
 
 from moe_jax import config as model_config
-from moe_jax import input_pipeline
+from moe_jax import esft, input_pipeline, sharding
+from moe_jax.checkpoint import Checkpointer, abstract
+from moe_jax.esft import partition as esft_partition
 from moe_jax.generate import generate
 from moe_jax.hf import from_pretrained, save_pretrained
-from moe_jax.model import Model, Transformer, init_variables
+from moe_jax.metric_writers import MetricWriter, progress
+from moe_jax.model import Model, Transformer, init_variables, logical_axes
 from moe_jax.tokenizer import load_tokenizer
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any
+  params: Any  # the split parameter tree (see moe_jax.esft.partition)
   buffers: Any  # non-trained variables (V3 router bias); may be {}
   opt_state: Any
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  config: model_config.ModelConfig = flax.struct.field(pytree_node=False)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay, global-norm clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(num_steps, cfg.warmup_steps + 1),
-      end_value=cfg.learning_rate * cfg.final_lr_fraction)
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+# Steps -------------------------------------------------------------------------
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int,
+                   spec: esft.TrainableSpec) -> optax.GradientTransformation:
+  """Clipping, then AdamW on trained leaves (decay on matrices only) and zero on frozen ones."""
+  warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
+  if cfg.schedule == "constant":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(cfg.learning_rate)], [warmup]) if warmup else cfg.learning_rate
+  elif cfg.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, max(warmup, 1), max(num_steps, warmup + 1),
+        end_value=cfg.learning_rate * cfg.final_lr_fraction)
+  else:
+    raise ValueError(f"config.optimizer.schedule: {cfg.schedule!r} is not 'constant' or 'cosine'")
+  decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
+  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                      mask=decay_mask)
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip),
+      optax.multi_transform({esft_partition.TRAIN: adamw, esft_partition.FROZEN: optax.set_to_zero()},
+                            lambda params: esft.labels(params, spec)))
 
 
-def _lm_loss(params, buffers, config, batch):
-  """Next-token cross-entropy over trained positions, plus the MoE balance losses."""
+def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):
+  """Mean next-token cross-entropy over trained targets, plus the MoE balance losses.
+
+  batch: packed rows {"tokens", "loss_mask", "segment_ids", "positions"} [B, T].
+  Returns (loss, (loss_sum, n_targets, MoEAux)).
+  """
   tokens, seg = batch["tokens"], batch["segment_ids"]
-  inputs = tokens[:, :-1]
-  out = Transformer(config).apply({"params": params, "buffers": buffers}, inputs,
+  out = Transformer(config).apply({"params": params, "buffers": buffers}, tokens[:, :-1],
                                   batch["positions"][:, :-1], seg[:, :-1])
   # A target counts if it is a training token of the same example as its input.
-  weights = (batch["loss_mask"][:, 1:] & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0))
+  weights = batch["loss_mask"][:, 1:] & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
   weights = weights.astype(jnp.float32)
   logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1)
   nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-  loss_sum = jnp.sum(nll * weights)
-  n = jnp.sum(weights)
+  loss_sum, n = jnp.sum(nll * weights), jnp.sum(weights)
   aux = out.aux.balance_loss + out.aux.device_balance_loss
   return loss_sum / jnp.maximum(n, 1.0) + aux, (loss_sum, n, out.aux)
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One optimizer step on a batch of packed rows."""
-  grad_fn = jax.value_and_grad(_lm_loss, has_aux=True)
-  (_, (loss_sum, n, aux)), grads = grad_fn(state.params, state.buffers, state.config, batch)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss_sum": loss_sum, "tokens": n, "balance_loss": aux.balance_loss,
-             "dropped": aux.dropped, "grad_norm": optax.tree.norm(grads),
-             "update_norm": optax.tree.norm(updates)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
+                    tx: optax.GradientTransformation):
+  """train_step(state, batch) -> (state, metrics) for this model, trainable set and optimizer."""
+
+  def train_step(state: TrainState, batch: dict):
+    label_tree = esft.labels(state.params, spec)
+    trained, frozen = esft_partition.partition(state.params, label_tree)
+
+    def loss_fn(trained):
+      params = esft.merge(esft_partition.combine(trained, frozen), spec, config)
+      return lm_loss(params, state.buffers, config, batch)
+
+    (_, (loss_sum, n, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # unused by set_to_zero; DCE'd
+    updates, opt_state = tx.update(esft_partition.combine(grads, zeros), state.opt_state,
+                                   state.params)
+    trained_updates, _ = esft_partition.partition(updates, label_tree)
+    params = esft_partition.combine(optax.apply_updates(trained, trained_updates), frozen)
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    # A non-finite step changes nothing, so the last good state can be checkpointed.
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
+    metrics = {"loss_sum": loss_sum, "tokens": n, "balance_loss": aux.balance_loss,
+               "dropped": aux.dropped, "grad_norm": grad_norm,
+               "update_norm": optax.tree.norm(trained_updates), "finite": ok}
+    return new, metrics
+
+  return train_step
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
-  _, (loss_sum, n, _) = _lm_loss(state.params, state.buffers, state.config, batch)
-  return {"loss_sum": loss_sum, "tokens": n}
+def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec):
+  def eval_step(state: TrainState, batch: dict) -> dict:
+    params = esft.merge(state.params, spec, config)
+    _, (loss_sum, n, _) = lm_loss(params, state.buffers, config, batch)
+    return {"loss_sum": loss_sum, "tokens": n}
+  return eval_step
 
 
-def evaluate(eval_fn, state: TrainState, data, num_batches: int) -> float:
-  """Mean loss per target token over the first `num_batches` batches of `data`."""
-  loss, n = 0.0, 0.0
-  for i in range(num_batches):
-    m = eval_fn(state, data[i])
-    loss, n = loss + float(m["loss_sum"]), n + float(m["tokens"])
-  return loss / max(n, 1.0)
-
+# Setup helpers -----------------------------------------------------------------
 
 def build_model_config(cfg: ml_collections.ConfigDict) -> model_config.ModelConfig:
   """The ModelConfig from `config.model`: a preset plus any ModelConfig field overrides."""
@@ -96,87 +143,288 @@ def build_model_config(cfg: ml_collections.ConfigDict) -> model_config.ModelConf
   if preset not in model_config.PRESETS:
     raise model_config.ConfigError(
         f"config.model.preset: {preset!r} is not one of {sorted(model_config.PRESETS)}")
-  return model_config.PRESETS[preset]().replace(**fields) if fields else model_config.PRESETS[preset]()
-
-
-def _assets(name: str) -> str:
-  return os.path.join(os.path.dirname(__file__), "assets", name)
+  try:
+    return model_config.PRESETS[preset]().replace(**fields)
+  except TypeError as e:
+    raise model_config.ConfigError(f"config.model: {e}") from e
 
 
 def resolve_data_path(path: str) -> str:
   """`assets:NAME` names a sample shipped with moe_jax; anything else is a path."""
-  return _assets(path[len("assets:"):]) if path.startswith("assets:") else path
+  if path.startswith("assets:"):
+    return os.path.join(os.path.dirname(__file__), "assets", path[len("assets:"):])
+  return path
+
+
+@dataclasses.dataclass
+class _Data:
+  train: Any  # grain MapDataset of this process's batches
+  eval: Any
+  eval_batches: int
+  rows: int
+
+
+def _load_data(data_cfg, tokenizer, seed: int, data_dir: str) -> _Data:
+  files = [resolve_data_path(p) for p in data_cfg.train_files]
+  sources = input_pipeline.prepare(files, tokenizer, data_cfg.tokenizer, data_cfg.seq_len,
+                                   data_cfg.eval_fraction, data_dir, data_cfg.max_examples, seed)
+  pi, pc = jax.process_index(), jax.process_count()
+  bs = data_cfg.batch_size
+  train = input_pipeline.batches(sources["train"], bs, seed, True, pi, pc)
+  n_eval = len(sources["eval"])
+  if n_eval < bs:
+    raise input_pipeline.DataError(
+        f"the eval split has {n_eval} packed rows, fewer than a batch of {bs}; raise "
+        f"config.data.eval_fraction or lower config.data.batch_size")
+  evals = input_pipeline.batches(sources["eval"], bs, seed, False, pi, pc)
+  return _Data(train, evals, n_eval // bs, len(sources["train"]))
+
+
+def _global_batch(batch: dict, shardings: dict) -> dict:
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _mesh(cfg) -> jax.sharding.Mesh:
+  return sharding.make_mesh(dict(cfg.mesh))
+
+
+def _rules(cfg):
+  return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+               for k, v in cfg.get("sharding_rules", sharding.DEFAULT_RULES))
+
+
+def _meta(mcfg: model_config.ModelConfig, spec: esft.TrainableSpec) -> dict:
+  model = dataclasses.asdict(mcfg)
+  for field in ("dispatch", "capacity_factor", "dtype"):  # compute-only: may change on resume
+    model.pop(field)
+  return {"model": model, "trainable": spec.to_expert_config() if spec.mode == "esft" else "fft"}
+
+
+# The training loop -------------------------------------------------------------
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft.TrainableSpec,
+          data: _Data, mesh, name: str = "train") -> tuple[Model, dict]:
+  """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
+
+  Returns the trained model (experts merged back) and a summary dict.
+  """
+  mcfg, rules = model.config, _rules(cfg)
+  esft_partition.check_selection(spec, mcfg)
+  tx = make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
+  params = esft.split(model.params, spec, mcfg)
+  logical = esft.split(logical_axes(mcfg)["params"], spec, mcfg)
+  param_sh = sharding.tree_shardings(logical, params, mesh, rules)
+  buffers = model.variables.get("buffers", {})
+  rep = sharding.replicated(mesh)
+  buffer_sh = jax.tree_util.tree_map(lambda _: rep, buffers)
+  opt_shape = jax.eval_shape(tx.init, params)
+  opt_sh = sharding.like_params(opt_shape, params, param_sh, mesh)
+  state_sh = TrainState(step=rep, params=param_sh, buffers=buffer_sh, opt_state=opt_sh)
+  batch_axes = int(np.prod([mesh.shape[a] for a in ("data", "fsdp", "expert")]))
+  if cfg.data.batch_size % batch_axes:
+    raise ValueError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "
+                     f"mesh's batch axes (data x fsdp x expert = {batch_axes})")
+  batch_sh = {k: sharding.batch_sharding(mesh, 2, rules)
+              for k in ("tokens", "loss_mask", "segment_ids", "positions")}
+
+  counts = esft_partition.count(params, esft.labels(params, spec))
+  total = counts["train"] + counts["frozen"]
+  summary: dict = {"trainable_params": counts["train"], "total_params": total,
+                   "trainable_fraction": counts["train"] / total}
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint_every, cfg.keep_checkpoints)
+  meta = _meta(mcfg, spec)
+  step_fn = jax.jit(make_train_step(mcfg, spec, tx), in_shardings=(state_sh, batch_sh),
+                    out_shardings=(state_sh, None), donate_argnums=0)
+  eval_fn = jax.jit(make_eval_step(mcfg, spec), in_shardings=(state_sh, batch_sh))
+  data_iter = iter(data.train.to_iter_dataset())
+  latest = ckpt.latest_step()
+  if latest is not None:
+    init_shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, buffers, opt_shape)
+    state, data_state = ckpt.restore(latest, abstract(init_shapes, state_sh), meta)
+    data_iter.set_state(data_state)
+    print(f"[{name}] resumed from {ckpt.directory} at step {latest}")
+  else:
+    placed = jax.device_put(params, param_sh)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=placed,
+                       buffers=jax.device_put(buffers, buffer_sh),
+                       opt_state=jax.jit(tx.init, out_shardings=opt_sh)(placed))
+  start = int(state.step)
+
+  def evaluate() -> float:
+    loss, n = 0.0, 0.0
+    for i in range(data.eval_batches):
+      m = eval_fn(state, _global_batch(data.eval[i], batch_sh))
+      loss, n = loss + float(m["loss_sum"]), n + float(m["tokens"])
+    return loss / max(n, 1.0)
+
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  if start == 0:
+    summary["eval_loss_before"] = evaluate()
+    writer.write(0, {"eval_loss": summary["eval_loss_before"]})
+    print(f"[{name}] eval loss before training: {summary['eval_loss_before']:.4f}")
+  print(f"[{name}] trainable parameters: {counts['train']:,} of {total:,} "
+        f"({100 * summary['trainable_fraction']:.2f}%)")
+  tokens_per_step = cfg.data.batch_size * (cfg.data.seq_len - 1)
+  bar = progress(cfg.num_train_steps, start, name, enabled=jax.process_index() == 0)
+  t0, steps_timed = time.time(), 0
+  try:
+    for step in range(start, cfg.num_train_steps):
+      batch = _global_batch(next(data_iter), batch_sh)
+      state, m = step_fn(state, batch)
+      m = jax.device_get(m)
+      steps_timed += 1
+      loss = float(m["loss_sum"]) / max(float(m["tokens"]), 1.0)
+      if not m["finite"]:
+        ckpt.wait()
+        if ckpt.latest_step() != step:
+          ckpt.save(step, state, data_iter.get_state(), meta, force=True)
+          ckpt.wait()
+        raise FloatingPointError(
+            f"[{name}] step {step + 1}: non-finite loss or gradients (loss {loss}); stopped. The "
+            f"state before this step is checkpointed at step {step} in {ckpt.directory}.")
+      rate = steps_timed * tokens_per_step / (time.time() - t0)
+      bar.update(1)
+      bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+      if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.num_train_steps:
+        writer.write(step + 1, {"loss": loss, "tokens_per_s": rate, "grad_norm": float(m["grad_norm"]),
+                                "update_norm": float(m["update_norm"]),
+                                "balance_loss": float(m["balance_loss"]), "dropped": int(m["dropped"])})
+      if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.num_train_steps:
+        writer.write(step + 1, {"eval_loss": evaluate()})
+      ckpt.save(step + 1, state, data_iter.get_state(), meta)
+    if ckpt.latest_step() != cfg.num_train_steps:
+      ckpt.save(cfg.num_train_steps, state, data_iter.get_state(), meta, force=True)
+  finally:
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+  summary["eval_loss_after"] = evaluate()
+  writer.write(cfg.num_train_steps, {"eval_loss": summary["eval_loss_after"]})
+  writer.close()
+  print(f"[{name}] eval loss after training: {summary['eval_loss_after']:.4f}")
+  params = jax.device_get(esft.merge(state.params, spec, mcfg))
+  variables = {"params": params, **({"buffers": jax.device_get(state.buffers)} if buffers else {})}
+  return Model(mcfg, variables), summary
+
+
+# Whole runs ---------------------------------------------------------------------
+
+def _base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
+  """The model to fine-tune: a HF directory, a pretraining stage, or a random init."""
+  if cfg.init_from:
+    return from_pretrained(resolve_data_path(cfg.init_from))
+  mcfg = build_model_config(cfg)
+  if mcfg.vocab_size < tokenizer.vocab_size:
+    raise model_config.ConfigError(f"config.model.vocab_size={mcfg.vocab_size} is smaller than "
+                                   f"the tokenizer's {tokenizer.vocab_size} ids")
+  model = Model(mcfg, init_variables(mcfg, cfg.seed))
+  pre = cfg.get("pretrain")
+  if not pre or not pre.num_train_steps:
+    return model
+  pre_dir = os.path.join(workdir, "pretrain")
+  done = os.path.join(pre_dir, "hf")
+  if os.path.exists(os.path.join(done, "config.json")):
+    print(f"[pretrain] using the finished base model in {done}")
+    return from_pretrained(done, **_compute_fields(mcfg))
+  pre_cfg = ml_collections.ConfigDict(cfg.to_dict())
+  pre_cfg.unlock()
+  pre_cfg.num_train_steps = pre.num_train_steps
+  pre_cfg.data.train_files = list(pre.train_files)
+  pre_cfg.optimizer.learning_rate = pre.learning_rate
+  pre_cfg.optimizer.schedule = "cosine"
+  data = _load_data(pre_cfg.data, tokenizer, cfg.seed, os.path.join(workdir, "data"))
+  model, _ = train(pre_cfg, pre_dir, model, esft.TrainableSpec(), data, mesh, name="pretrain")
+  if jax.process_index() == 0:
+    save_pretrained(model, done)
+  return model
+
+
+def _compute_fields(mcfg: model_config.ModelConfig) -> dict:
+  return {"dispatch": mcfg.dispatch, "capacity_factor": mcfg.capacity_factor}
+
+
+def _select_experts(cfg, workdir: str, model: Model, data: _Data) -> esft.TrainableSpec:
+  """ESFT: the expert config from a file, or scored on the task's training data."""
+  e = cfg.esft
+  mcfg = model.config
+  if e.expert_config:
+    expert_cfg = esft.read_expert_config(e.expert_config, mcfg.moe_layers, mcfg.n_routed_experts)
+    return esft.TrainableSpec.from_expert_config(expert_cfg, mcfg, e.train_shared_experts,
+                                                 e.train_non_expert_modules)
+  n_batches = -(-e.n_score_tokens // (cfg.data.batch_size * cfg.data.seq_len))
+  scores = esft.score_experts(model, (data.train[i] for i in range(n_batches)), e.n_score_tokens)
+  expert_cfg = esft.select_experts(scores.get(e.score_function), e.top_p,
+                                   shared_experts=e.train_shared_experts,
+                                   non_expert_modules=e.train_non_expert_modules)
+  if jax.process_index() == 0:
+    esft.write_expert_config(expert_cfg, os.path.join(workdir, "expert_config.json"))
+    with open(os.path.join(workdir, "expert_scores.json"), "w") as f:
+      json.dump(scores.to_json(), f)
+    png = esft.heatmap(scores.get(e.score_function), os.path.join(workdir, "routing_heatmap.png"),
+                       f"{e.score_function} scores on the task (selected experts boxed, p={e.top_p})",
+                       expert_cfg["experts"])
+    print(f"[esft] routing heatmap: {png}")
+  n = sum(len(v) for v in expert_cfg["experts"].values())
+  print(f"[esft] selected {n} of {len(mcfg.moe_layers) * mcfg.n_routed_experts} routed experts "
+        f"({e.score_function} score, p={e.top_p}): {os.path.join(workdir, 'expert_config.json')}")
+  return esft.TrainableSpec.from_expert_config(expert_cfg, mcfg)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains a model as `cfg` describes, evaluating before and after; returns summary metrics."""
+  """Runs the experiment `cfg` describes in `workdir`; returns summary metrics."""
   os.makedirs(workdir, exist_ok=True)
-  tokenizer = load_tokenizer(cfg.data.tokenizer)
-  if cfg.init_from:
-    model = from_pretrained(cfg.init_from)
-    mcfg, variables = model.config, model.variables
+  mesh = _mesh(cfg)
+  tokenizer = load_tokenizer(resolve_data_path(cfg.data.tokenizer))
+  model = _base_model(cfg, workdir, tokenizer, mesh)
+  overrides = {k: v for k, v in cfg.get("compute", {}).items()}
+  if overrides:
+    model = Model(model.config.replace(**overrides), model.variables)
+  data = _load_data(cfg.data, tokenizer, cfg.seed, os.path.join(workdir, "data"))
+  print(f"model: {model.config.model_type}, {len(model.config.moe_layers)} MoE layers x "
+        f"{model.config.n_routed_experts} experts (top-{model.config.num_experts_per_tok}); data: "
+        f"{data.rows} train rows of {cfg.data.seq_len} tokens; mesh {dict(mesh.shape)}")
+  if cfg.train_mode == "esft":
+    spec = _select_experts(cfg, workdir, model, data)
+  elif cfg.train_mode == "fft":
+    spec = esft.TrainableSpec()
   else:
-    mcfg = build_model_config(cfg)
-    if mcfg.vocab_size < tokenizer.vocab_size:
-      raise model_config.ConfigError(
-          f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
-          f"{tokenizer.vocab_size} ids")
-    variables = init_variables(mcfg, cfg.seed)
-  files = [resolve_data_path(p) for p in cfg.data.train_files]
-  rows = input_pipeline.load_packed(files, tokenizer, cfg.data.seq_len, cfg.data.max_examples)
-  n_eval = max(cfg.data.batch_size, int(len(rows["tokens"]) * cfg.data.eval_fraction))
-  eval_rows = {k: v[:n_eval] for k, v in rows.items()}
-  train_rows = {k: v[n_eval:] for k, v in rows.items()}
-  train_data = input_pipeline.batches(train_rows, cfg.data.batch_size, cfg.seed)
-  eval_data = input_pipeline.batches(eval_rows, cfg.data.batch_size, cfg.seed, shuffle=False)
-  eval_batches = max(1, n_eval // cfg.data.batch_size)
-
-  tx = make_optimizer(cfg.optimizer, cfg.num_train_steps)
-  params = variables["params"]
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     buffers=variables.get("buffers", {}), opt_state=tx.init(params), tx=tx,
-                     config=mcfg)
-  n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-  print(f"model: {mcfg.model_type}, {n_params:,} parameters, {len(mcfg.moe_layers)} MoE layers "
-        f"x {mcfg.n_routed_experts} experts (top-{mcfg.num_experts_per_tok}); "
-        f"data: {len(train_rows['tokens'])} train / {n_eval} eval rows of {cfg.data.seq_len} tokens")
-
-  step_fn = jax.jit(train_step, donate_argnums=0)
-  eval_fn = jax.jit(eval_step)
-  before = evaluate(eval_fn, state, eval_data, eval_batches)
-  print(f"eval loss before training: {before:.4f}")
-  log_path = os.path.join(workdir, "metrics.jsonl")
-  t0, tokens_seen = time.time(), 0
-  with open(log_path, "a", encoding="utf-8") as log:
-    for step in range(cfg.num_train_steps):
-      state, m = step_fn(state, train_data[step])
-      tokens_seen += cfg.data.batch_size * cfg.data.seq_len
-      if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.num_train_steps:
-        m = jax.device_get(m)
-        loss = float(m["loss_sum"]) / max(float(m["tokens"]), 1.0)
-        if not np.isfinite(loss):
-          raise FloatingPointError(f"step {step + 1}: non-finite loss {loss}")
-        rate = tokens_seen / (time.time() - t0)
-        print(f"step {step + 1}/{cfg.num_train_steps}  loss {loss:.4f}  "
-              f"balance {float(m['balance_loss']):.4f}  {rate:,.0f} tokens/s", flush=True)
-        log.write(json.dumps({"step": step + 1, "loss": loss, "tokens_per_s": rate,
-                              "grad_norm": float(m["grad_norm"])}) + "\n")
-  after = evaluate(eval_fn, state, eval_data, eval_batches)
-  print(f"eval loss after training: {after:.4f} (before {before:.4f})")
-  model = Model(mcfg, {"params": state.params, **({"buffers": state.buffers} if state.buffers else {})})
-  summary = {"eval_loss_before": before, "eval_loss_after": after}
-  if cfg.export_hf:
-    out = os.path.join(workdir, "hf")
-    save_pretrained(model, out)
-    print(f"exported Hugging Face checkpoint: {out}")
-    summary["hf_dir"] = out
-  if cfg.sample_prompt:
-    prompt = [tokenizer.bos_id] + tokenizer.encode(f"User: {cfg.sample_prompt}\n\nAssistant:")
-    out_ids = generate(model, np.asarray([prompt]), max_new_tokens=cfg.sample_tokens,
-                       eos_token_id=tokenizer.eos_id)
-    text = tokenizer.decode(np.asarray(out_ids[0, len(prompt):]))
-    print(f"sample: {cfg.sample_prompt!r} -> {text!r}")
-    summary["sample"] = text
-  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2, ensure_ascii=False)
+    raise ValueError(f"config.train_mode: {cfg.train_mode!r} is not 'fft' or 'esft'")
+  model, summary = train(cfg, workdir, model, spec, data, mesh, name=cfg.train_mode)
+  if jax.process_index() == 0:
+    if cfg.export_hf:
+      save_pretrained(model, os.path.join(workdir, "hf"))
+      summary["hf_dir"] = os.path.join(workdir, "hf")
+      print(f"exported Hugging Face checkpoint: {summary['hf_dir']}")
+    if spec.mode == "esft":
+      summary["adapter_bytes"] = esft.save_adapter(model, spec, os.path.join(workdir, "adapter"))
+      summary["adapter_dir"] = os.path.join(workdir, "adapter")
+      print(f"ESFT adapter ({summary['adapter_bytes']:,} bytes): {summary['adapter_dir']}")
+    if os.path.exists(os.path.join(workdir, "routing_heatmap.png")):
+      summary["heatmap"] = os.path.join(workdir, "routing_heatmap.png")
+    if cfg.sample_prompt:
+      summary["sample"] = _sample(model, tokenizer, cfg)
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2, ensure_ascii=False)
+  _print_summary(summary)
   return summary
+
+
+def _sample(model: Model, tokenizer, cfg) -> str:
+  prompt = ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(
+      f"User: {cfg.sample_prompt}\n\nAssistant:")
+  ids = generate(model, np.asarray([prompt]), max_new_tokens=cfg.sample_tokens,
+                 eos_token_id=tokenizer.eos_id)
+  text = tokenizer.decode(np.asarray(ids[0, len(prompt):]))
+  print(f"sample: {cfg.sample_prompt!r} -> {text!r}")
+  return text
+
+
+def _print_summary(s: dict) -> None:
+  if "eval_loss_before" in s:
+    print(f"eval loss: {s['eval_loss_before']:.4f} before, {s['eval_loss_after']:.4f} after")
+  print(f"trainable parameters: {s['trainable_params']:,} of {s['total_params']:,} "
+        f"({100 * s['trainable_fraction']:.2f}%)")
+  if "heatmap" in s:
+    print(f"routing heatmap: {s['heatmap']}")

@@ -1,0 +1,23 @@
+"""ESFT-Gate: train only the experts covering p=0.1 of the task's average gate scores per layer.
+
+    python train.py --config=configs/esft_gate.py --workdir=/tmp/esft_gate \
+        --config.init_from=/path/to/hf_model --config.data.tokenizer=/path/to/hf_model \
+        --config.data.train_files=/path/to/train/intent.jsonl
+Gate scores are normalised within each layer before the cumulative threshold.
+"""
+
+import ml_collections
+
+from moe_jax.train_config import base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base_config()
+  c.train_mode = "esft"
+  c.esft.score_function = "gate"
+  c.esft.top_p = 0.1
+  c.optimizer.learning_rate = 1e-5
+  c.num_train_steps = 500
+  c.eval_every = 100
+  c.checkpoint_every = 100
+  return c

@@ -1,0 +1,160 @@
+"""Which parameters train: full fine-tuning (FFT) or ESFT's selected experts.
+
+Routed experts are stored stacked, [E, D, F] per layer. Freezing rows of a
+stacked tensor would still give every expert optimizer state (and let weight
+decay move "frozen" rows), so ESFT splits each MoE layer's stack into two
+leaves: `experts/selected/*` [T_l, ...] holding the chosen experts and
+`experts/rest/*` [E - T_l, ...] holding the others (T_l varies by layer; layers
+are separate modules, so nothing is padded). `merge` puts the rows back in
+expert order before the forward pass, so routing and outputs are unchanged.
+
+`labels` marks every leaf of the split tree "train" or "frozen"; the trainer's
+`optax.multi_transform` gives frozen leaves `set_to_zero()` (no state) and only
+differentiates the trained ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.config import ModelConfig
+from moe_jax.esft.selection import ExpertConfigError, validate_expert_config
+
+_PROJ = ("gate_proj", "up_proj", "down_proj")
+TRAIN, FROZEN = "train", "frozen"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainableSpec:
+  """What trains. mode "fft": everything. mode "esft": the listed experts (+ flags)."""
+
+  mode: str = "fft"
+  experts: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (layer, selected expert ids)
+  shared_experts: bool = False
+  non_expert_modules: bool = False
+
+  def __post_init__(self):
+    if self.mode not in ("fft", "esft"):
+      raise ValueError(f"train mode {self.mode!r} is not 'fft' or 'esft'")
+
+  @property
+  def selected(self) -> dict[int, tuple[int, ...]]:
+    return dict(self.experts)
+
+  @classmethod
+  def from_expert_config(cls, cfg: Mapping, config: ModelConfig,
+                         shared_experts: bool | None = None,
+                         non_expert_modules: bool | None = None) -> "TrainableSpec":
+    """From the official expert-config dict, checked against the model.
+
+    A MoE layer the config does not list trains no routed experts. The flags
+    default to the config's own `shared_experts` / `non_expert_modules`.
+    """
+    cfg = validate_expert_config(cfg, config.moe_layers, config.n_routed_experts)
+    experts = tuple((int(l), tuple(ids)) for l, ids in sorted(cfg["experts"].items(),
+                                                               key=lambda kv: int(kv[0])))
+    return cls("esft", experts,
+               cfg["shared_experts"] if shared_experts is None else shared_experts,
+               cfg["non_expert_modules"] if non_expert_modules is None else non_expert_modules)
+
+  def to_expert_config(self) -> dict:
+    return {"experts": {str(l): list(ids) for l, ids in self.experts},
+            "shared_experts": self.shared_experts, "non_expert_modules": self.non_expert_modules}
+
+
+def _rest(selected, n_experts):
+  chosen = set(selected)
+  return [e for e in range(n_experts) if e not in chosen]
+
+
+def _rows(x, ids):
+  """x[ids] for arrays; logical PartitionSpecs (one per leaf) pass through unchanged."""
+  return x if isinstance(x, jax.sharding.PartitionSpec) else x[np.asarray(ids, np.int32)]
+
+
+def split(params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
+  """The parameter tree with each MoE layer's experts split into selected/rest leaves.
+
+  Also splits a tree of logical PartitionSpecs shaped like the parameters.
+  """
+  if spec.mode == "fft":
+    return params
+  out = dict(params)
+  selected = spec.selected
+  for layer in config.moe_layers:
+    name = f"layers_{layer}"
+    sel = list(selected.get(layer, ()))
+    rest = _rest(sel, config.n_routed_experts)
+    experts = params[name]["mlp"]["experts"]
+    split_experts = {
+        "selected": {p: _rows(experts[p], sel) for p in _PROJ},
+        "rest": {p: _rows(experts[p], rest) for p in _PROJ},
+    }
+    out[name] = {**params[name], "mlp": {**params[name]["mlp"], "experts": split_experts}}
+  return out
+
+
+def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
+  """Inverse of `split`: stacked [E, ...] experts in expert order (differentiable)."""
+  if spec.mode == "fft":
+    return split_params
+  out = dict(split_params)
+  selected = spec.selected
+  for layer in config.moe_layers:
+    name = f"layers_{layer}"
+    sel = list(selected.get(layer, ()))
+    inverse = np.argsort(np.asarray(sel + _rest(sel, config.n_routed_experts)))
+    parts = split_params[name]["mlp"]["experts"]
+    experts = {p: jnp.concatenate([parts["selected"][p], parts["rest"][p]])[inverse] for p in _PROJ}
+    out[name] = {**split_params[name], "mlp": {**split_params[name]["mlp"], "experts": experts}}
+  return out
+
+
+def labels(split_params: dict, spec: TrainableSpec) -> dict:
+  """"train" / "frozen" for every leaf of the split tree."""
+  def label(path, _):
+    keys = [getattr(k, "key", str(k)) for k in path]
+    if spec.mode == "fft":
+      return TRAIN
+    if "experts" in keys:
+      return TRAIN if keys[keys.index("experts") + 1] == "selected" else FROZEN
+    if "shared_experts" in keys:
+      return TRAIN if spec.shared_experts else FROZEN
+    return TRAIN if spec.non_expert_modules else FROZEN
+  return jax.tree_util.tree_map_with_path(label, split_params)
+
+
+def partition(tree: dict, label_tree: dict) -> tuple[dict, dict]:
+  """(trained, frozen): two trees shaped like `tree`, with None where the other label is."""
+  trained = jax.tree_util.tree_map(lambda x, l: x if l == TRAIN else None, tree, label_tree)
+  frozen = jax.tree_util.tree_map(lambda x, l: x if l == FROZEN else None, tree, label_tree)
+  return trained, frozen
+
+
+def combine(trained: dict, frozen: dict) -> dict:
+  """Inverse of `partition`."""
+  return jax.tree_util.tree_map(lambda a, b: b if a is None else a, trained, frozen,
+                                is_leaf=lambda x: x is None)
+
+
+def count(tree: dict, label_tree: dict) -> dict[str, int]:
+  """Number of parameters per label."""
+  n = {TRAIN: 0, FROZEN: 0}
+  for x, l in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(label_tree)):
+    n[l] += int(np.prod(x.shape))
+  return n
+
+
+def check_selection(spec: TrainableSpec, config: ModelConfig) -> None:
+  """Raises ExpertConfigError if the spec names a layer or expert the model lacks."""
+  for layer, ids in spec.experts:
+    if layer not in config.moe_layers:
+      raise ExpertConfigError(f"layer {layer} is not a MoE layer (MoE layers: {config.moe_layers})")
+    if any(not 0 <= e < config.n_routed_experts for e in ids):
+      raise ExpertConfigError(f"layer {layer}: expert ids {list(ids)} outside 0.."
+                              f"{config.n_routed_experts - 1}")

@@ -1,0 +1,218 @@
+"""Expert relevance scores and ESFT expert selection (ESFT paper Sec. 3.3, Eqs. 6-8).
+
+For every MoE layer and routed expert, over a sample of task tokens:
+  * gate score:  the mean post-top-k gate value g_{i,t} (0 where i is not chosen);
+  * token score: the share of the token's K choices that went to i (1/K each).
+Each is normalised to sum to 1 within its layer (the paper's semantics; today's
+official `generate_expert_config.py` normalises across layers instead, see the
+spec). Per layer, experts are taken highest first until their cumulative score
+reaches p; the expert that crosses p is included.
+
+Scores come from a model run (`ScoreAccumulator`, fed by `moe_jax.esft.scoring`)
+or from the official routing-log files (`read_routing_logs`). The expert
+config JSON is the official one: {"experts": {"<layer>": [ids]},
+"shared_experts": bool, "non_expert_modules": bool}, layers numbered as the
+model numbers them (the first MoE layer of V2-Lite is "1").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+SCORE_FUNCTIONS = ("token", "gate")
+
+
+class ExpertConfigError(ValueError):
+  """An expert config or routing log that cannot apply; the message names the file and field."""
+
+
+@dataclasses.dataclass
+class ExpertScores:
+  """Per-layer normalised scores: {layer index: [E] float64}, plus the tokens seen per layer."""
+
+  token: dict[int, np.ndarray]
+  gate: dict[int, np.ndarray]
+  tokens: dict[int, int]
+
+  def get(self, score_function: str) -> dict[int, np.ndarray]:
+    if score_function not in SCORE_FUNCTIONS:
+      raise ValueError(f"score function {score_function!r} is not one of {SCORE_FUNCTIONS}")
+    return self.token if score_function == "token" else self.gate
+
+  def to_json(self) -> dict:
+    """The official summary.json layout: {"token_scores": {"1": {"0": s, ...}}, "gate_scores": ...}."""
+    def table(scores):
+      return {str(l): {str(e): float(v) for e, v in enumerate(s)} for l, s in sorted(scores.items())}
+    return {"token_scores": table(self.token), "gate_scores": table(self.gate),
+            "tokens": {str(l): n for l, n in sorted(self.tokens.items())}}
+
+
+class ScoreAccumulator:
+  """Sums gate values and selection counts per (layer, expert) over batches of routed tokens."""
+
+  def __init__(self, n_experts: int, top_k: int):
+    self.n_experts, self.top_k = n_experts, top_k
+    self._gate: dict[int, np.ndarray] = {}
+    self._count: dict[int, np.ndarray] = {}
+    self._tokens: dict[int, int] = {}
+
+  def add(self, layer: int, topk_idx, topk_weights, mask=None) -> None:
+    """topk_idx, topk_weights: [..., K] for one layer; mask: [...] True for tokens to count."""
+    idx = np.asarray(topk_idx).reshape(-1, self.top_k)
+    w = np.asarray(topk_weights, np.float64).reshape(-1, self.top_k)
+    if mask is not None:
+      keep = np.asarray(mask).reshape(-1).astype(bool)
+      idx, w = idx[keep], w[keep]
+    if idx.size and (idx.min() < 0 or idx.max() >= self.n_experts):
+      raise ExpertConfigError(f"layer {layer}: expert id outside 0..{self.n_experts - 1}")
+    gate = self._gate.setdefault(layer, np.zeros(self.n_experts))
+    count = self._count.setdefault(layer, np.zeros(self.n_experts))
+    np.add.at(gate, idx.reshape(-1), w.reshape(-1))
+    np.add.at(count, idx.reshape(-1), 1.0 / self.top_k)
+    self._tokens[layer] = self._tokens.get(layer, 0) + len(idx)
+
+  def result(self) -> ExpertScores:
+    def norm(x):
+      total = x.sum()
+      return x / total if total > 0 else x
+    return ExpertScores(token={l: norm(c) for l, c in self._count.items()},
+                        gate={l: norm(g) for l, g in self._gate.items()},
+                        tokens=dict(self._tokens))
+
+
+def read_routing_logs(directory: str | os.PathLike, top_k: int = 6,
+                      n_experts: int | None = None) -> ExpertScores:
+  """Scores from official `expert_weights_<layer>.txt` files.
+
+  Each line is one sequence: its token-major expert ids (K per token), two tabs,
+  then the matching gate weights.
+  """
+  directory = os.fspath(directory)
+  files = {}
+  for name in os.listdir(directory):
+    if name.startswith("expert_weights_") and name.endswith(".txt"):
+      layer = name[len("expert_weights_"):-len(".txt")]
+      if layer.isdigit():
+        files[int(layer)] = os.path.join(directory, name)
+  if not files:
+    raise ExpertConfigError(f"{directory}: no expert_weights_<layer>.txt routing logs")
+  parsed = {l: _parse_log(p, top_k) for l, p in sorted(files.items())}
+  if n_experts is None:
+    n_experts = 1 + max(int(ids.max()) for ids, _ in parsed.values() if ids.size)
+  acc = ScoreAccumulator(n_experts, top_k)
+  for layer, (ids, weights) in parsed.items():
+    acc.add(layer, ids, weights)
+  return acc.result()
+
+
+def _parse_log(path: str, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+  ids, weights = [], []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      line = line.rstrip("\n")
+      if not line:
+        continue
+      where = f"{path}:{lineno}"
+      if "\t\t" not in line:
+        raise ExpertConfigError(f"{where}: expected expert ids, two tabs, then weights")
+      left, right = line.split("\t\t", 1)
+      try:
+        i = np.array(left.split("\t"), np.int64)
+        w = np.array(right.split("\t"), np.float64)
+      except ValueError as e:
+        raise ExpertConfigError(f"{where}: {e}") from e
+      if len(i) != len(w) or len(i) % top_k:
+        raise ExpertConfigError(f"{where}: {len(i)} ids and {len(w)} weights; both must be the "
+                                f"same multiple of top-k={top_k}")
+      tok = i.reshape(-1, top_k)
+      if (np.sort(tok, 1)[:, 1:] == np.sort(tok, 1)[:, :-1]).any():
+        raise ExpertConfigError(f"{where}: a token repeats an expert; is top-k really {top_k}?")
+      ids.append(tok)
+      weights.append(w.reshape(-1, top_k))
+  if not ids:
+    raise ExpertConfigError(f"{path}: empty routing log")
+  return np.concatenate(ids), np.concatenate(weights)
+
+
+def select_layer(scores: np.ndarray, top_p: float, decimals: int | None = None) -> list[int]:
+  """The smallest highest-first prefix of experts whose scores sum to >= top_p.
+
+  decimals: round scores first (the official pipeline wrote 4-decimal summaries
+  and selected from those); ties keep expert-id order.
+  """
+  s = np.asarray(scores, np.float64)
+  if decimals is not None:
+    s = np.round(s, decimals)
+  order = np.argsort(-s, kind="stable")
+  chosen, total = [], 0.0
+  for e in order:
+    if total >= top_p:
+      break
+    chosen.append(int(e))
+    total += s[e]
+  return chosen
+
+
+def select_experts(scores: Mapping[int, np.ndarray], top_p: float, decimals: int | None = None,
+                   shared_experts: bool = False, non_expert_modules: bool = False) -> dict:
+  """The official expert-config dict for per-layer scores."""
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  # Layer keys in string order, as the official files have them.
+  experts = {str(l): select_layer(s, top_p, decimals) for l, s in scores.items()}
+  return {"experts": dict(sorted(experts.items())),
+          "shared_experts": bool(shared_experts), "non_expert_modules": bool(non_expert_modules)}
+
+
+def write_expert_config(cfg: dict, path: str | os.PathLike) -> None:
+  path = os.fspath(path)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(cfg, f)
+  os.replace(tmp, path)
+
+
+def read_expert_config(path: str | os.PathLike, moe_layers: Sequence[int] | None = None,
+                       n_experts: int | None = None) -> dict:
+  """Reads and validates an official expert config against a model's MoE layers and experts."""
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except FileNotFoundError:
+    raise ExpertConfigError(f"{path}: no such file") from None
+  except json.JSONDecodeError as e:
+    raise ExpertConfigError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from e
+  return validate_expert_config(cfg, moe_layers, n_experts, source=path)
+
+
+def validate_expert_config(cfg, moe_layers=None, n_experts=None, source="expert config") -> dict:
+  if not isinstance(cfg, dict) or not isinstance(cfg.get("experts"), dict):
+    raise ExpertConfigError(f"{source}: expected an object with an 'experts' mapping")
+  experts = {}
+  for key, ids in cfg["experts"].items():
+    if not str(key).isdigit():
+      raise ExpertConfigError(f"{source}: layer key {key!r} is not a layer index")
+    layer = int(key)
+    if moe_layers is not None and layer not in moe_layers:
+      raise ExpertConfigError(f"{source}: layer {layer} is not a MoE layer of this model "
+                              f"(MoE layers: {list(moe_layers)})")
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+      raise ExpertConfigError(f"{source}: layer {layer}: expected a list of expert ids")
+    bad = [i for i in ids if i < 0 or (n_experts is not None and i >= n_experts)]
+    if bad:
+      raise ExpertConfigError(f"{source}: layer {layer}: expert ids {bad} do not exist "
+                              f"(the model has {n_experts} routed experts)")
+    if len(set(ids)) != len(ids):
+      raise ExpertConfigError(f"{source}: layer {layer}: repeated expert ids {ids}")
+    experts[str(layer)] = list(ids)
+  for flag in ("shared_experts", "non_expert_modules"):
+    if not isinstance(cfg.get(flag, False), bool):
+      raise ExpertConfigError(f"{source}: field {flag!r} must be true or false")
+  return {"experts": experts, "shared_experts": cfg.get("shared_experts", False),
+          "non_expert_modules": cfg.get("non_expert_modules", False)}

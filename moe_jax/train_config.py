@@ -1,0 +1,56 @@
+"""The trainer's configuration: defaults every config file starts from, one comment per field.
+
+A config file's get_config() calls base_config() and changes what its
+experiment needs (see configs/). Any field is overridable on the command line:
+    python train.py --config=configs/fft.py --workdir=DIR --config.num_train_steps=100
+"""
+
+import ml_collections
+
+from moe_jax import sharding
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # The model: a Hugging Face directory to start from, or a preset (+ any ModelConfig field).
+  c.init_from = ""  # "" = random init from `model` (after `pretrain`, if set)
+  c.model = ml_collections.ConfigDict(dict(preset="tiny"))
+  c.compute = ml_collections.ConfigDict(dict(
+      dispatch="sorted",  # token dispatch: "sorted", "ragged_dot" (TPU) or "dense"
+      capacity_factor=0.0,  # <= 0: dropless; 1.25-2.0 trades exactness for speed at scale
+  ))
+  # Optional base training before the main run (used by the quickstart).
+  c.pretrain = ml_collections.ConfigDict(dict(num_train_steps=0, train_files=[], learning_rate=3e-3))
+  c.data = ml_collections.ConfigDict(dict(
+      tokenizer="byte",  # "byte", or a tokenizer.json (or its directory)
+      train_files=["assets:intent_train_sample.jsonl"],  # ESFT chat JSONL; "assets:" = shipped
+      seq_len=256,  # packed row length
+      batch_size=8,  # global batch, in rows
+      eval_fraction=0.1,  # share of examples held out for evaluation
+      max_examples=0,  # 0 = all
+  ))
+  c.train_mode = "fft"  # "fft" or "esft"
+  c.esft = ml_collections.ConfigDict(dict(
+      expert_config="",  # an official expert config JSON; "" = score and select here
+      score_function="token",  # "token" (selection ratio) or "gate" (average gate score)
+      top_p=0.2,  # cumulative score share to cover per layer
+      n_score_tokens=131072,  # task tokens to score on (the paper's 32 x 4096)
+      train_shared_experts=False,
+      train_non_expert_modules=False,
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-5, schedule="constant", warmup_steps=0, final_lr_fraction=0.1,
+      weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0))  # ESFT's base.yaml
+  c.num_train_steps = 100
+  c.log_every = 10
+  c.eval_every = 50  # 0 = only before and after
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 2
+  # Device mesh: axis sizes (one may be -1 = all remaining devices) and logical-axis rules.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  c.sharding_rules = [list(r) if isinstance(r, tuple) else r for r in sharding.DEFAULT_RULES]
+  c.export_hf = True  # write workdir/hf as Hugging Face safetensors at the end
+  c.sample_prompt = ""  # if set, generate a continuation at the end
+  c.sample_tokens = 48
+  return c
