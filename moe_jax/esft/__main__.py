@@ -2,6 +2,8 @@
 
     python -m moe_jax.esft select --routing-logs DIR --score token --top-p 0.2 --out expert_config.json
     python -m moe_jax.esft overlap A.json B.json --n-experts 64
+    python -m moe_jax.esft report --model HF_DIR --tokenizer byte \
+        --task intent=intent.jsonl --task law=law.jsonl --out report/
 """
 
 from __future__ import annotations
@@ -43,6 +45,27 @@ def _overlap(args) -> int:
   return 0
 
 
+def _report(args) -> int:
+  from moe_jax.esft.report import task_report
+  from moe_jax.hf import from_pretrained
+  from moe_jax.tokenizer import load_tokenizer
+
+  tasks = {}
+  for item in args.task:
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+      raise ValueError(f"--task {item!r}: expected NAME=PATH")
+    tasks[name] = path
+  model = from_pretrained(args.model)
+  result = task_report(model, tasks, load_tokenizer(args.tokenizer), args.out, args.score,
+                       args.top_p, args.n_tokens, args.seq_len)
+  for name, n in result["experts"].items():
+    print(f"{name}: {n} experts selected; heatmap {args.out}/heatmap_{name}.png")
+  for pair, o in result["overlap"].items():
+    print(f"{pair}: {o['shared']} selected experts shared, {o['chance']:.2f} expected by chance")
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m moe_jax.esft", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +89,16 @@ def main(argv=None) -> int:
   o.add_argument("b")
   o.add_argument("--n-experts", type=int, required=True)
   o.set_defaults(fn=_overlap)
+  r = sub.add_parser("report", help="score a model on tasks: heatmaps, expert configs, overlap")
+  r.add_argument("--model", required=True, help="Hugging Face model directory")
+  r.add_argument("--tokenizer", default="byte", help="'byte' or a tokenizer.json / its directory")
+  r.add_argument("--task", action="append", required=True, help="NAME=chat.jsonl (repeatable)")
+  r.add_argument("--out", required=True)
+  r.add_argument("--score", choices=SCORE_FUNCTIONS, default="token")
+  r.add_argument("--top-p", type=float, default=0.2)
+  r.add_argument("--n-tokens", type=int, default=131072)
+  r.add_argument("--seq-len", type=int, default=512)
+  r.set_defaults(fn=_report)
   args = parser.parse_args(argv)
   try:
     return args.fn(args)

@@ -1,7 +1,13 @@
-"""Routing reports: a heatmap of expert shares per layer, and expert overlap between tasks."""
+"""Routing reports: a heatmap of expert shares per layer, and expert overlap between tasks.
+
+`python -m moe_jax.esft report --model HF_DIR --task intent=a.jsonl --task law=b.jsonl --out DIR`
+scores a model on each task and writes one heatmap and expert config per task
+plus overlap.json (shared selected experts per layer vs chance).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Mapping
 
@@ -53,3 +59,35 @@ def overlap(experts_a: Mapping[str, list[int]], experts_b: Mapping[str, list[int
   shared = sum(r["shared"] for r in rows.values())
   chance = sum(r["chance"] for r in rows.values())
   return {"layers": rows, "shared": shared, "chance": chance}
+
+
+def task_report(model, tasks: Mapping[str, str], tokenizer, out_dir: str, score_function: str,
+                top_p: float, n_tokens: int, seq_len: int = 512, batch_size: int = 8) -> dict:
+  """Scores `model`'s experts on each task's chat JSONL; writes heatmaps, expert configs, overlaps.
+
+  tasks: {name: path}. Returns {"experts": {task: n selected}, "overlap": {"a|b": ...}}.
+  """
+  from moe_jax import input_pipeline
+  from moe_jax.esft.scoring import score_experts
+  from moe_jax.esft.selection import select_experts, write_expert_config
+
+  os.makedirs(out_dir, exist_ok=True)
+  selected, result = {}, {"experts": {}, "overlap": {}}
+  for name, path in tasks.items():
+    rows = input_pipeline.load_packed([path], tokenizer, seq_len)
+    n = len(rows["tokens"])
+    batches = ({k: v[i:i + batch_size] for k, v in rows.items()} for i in range(0, n, batch_size))
+    scores = score_experts(model, batches, n_tokens).get(score_function)
+    cfg = select_experts(scores, top_p)
+    write_expert_config(cfg, os.path.join(out_dir, f"expert_config_{name}.json"))
+    heatmap(scores, os.path.join(out_dir, f"heatmap_{name}.png"),
+            f"{name}: {score_function} scores (selected boxed, p={top_p})", cfg["experts"])
+    selected[name] = cfg["experts"]
+    result["experts"][name] = sum(len(v) for v in cfg["experts"].values())
+  names = list(tasks)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      result["overlap"][f"{a}|{b}"] = overlap(selected[a], selected[b], model.config.n_routed_experts)
+  with open(os.path.join(out_dir, "overlap.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  return result
