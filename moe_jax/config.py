@@ -313,7 +313,7 @@ def deepseek_v3() -> ModelConfig:
 
 def tiny(**overrides: Any) -> ModelConfig:
   """A few-hundred-thousand-parameter DeepSeekMoE for tests and CPU demos."""
-  base = dict(model_type="deepseek_v2", vocab_size=256, hidden_size=64, intermediate_size=128,
+  base = dict(model_type="deepseek_v2", vocab_size=264, hidden_size=64, intermediate_size=128,
               num_hidden_layers=2, num_attention_heads=4, kv_lora_rank=16, q_lora_rank=None,
               qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=8,
               n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=32,

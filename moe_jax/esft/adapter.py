@@ -62,6 +62,12 @@ def load_adapter(base: Model, path: str) -> Model:
   cfg = read_expert_config(os.path.join(path, "expert_cfg.json"), c.moe_layers, c.n_routed_experts)
   spec = TrainableSpec.from_expert_config(cfg, c)
   ckpt = hf._Checkpoint(path)
+  expected = {n for n, _ in hf.state_dict(base) if _trained(n, spec)}
+  missing = sorted(expected - ckpt.keys())
+  if missing:
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise hf.CheckpointError(f"{path}: expert_cfg.json trains {missing[:3]}{more}, which the "
+                             f"adapter lacks")
   entries = {e.hf: e for e in hf._tensor_map(c)}
   variables = jax.tree_util.tree_map(np.array, base.variables)  # a writable copy
   for name in sorted(ckpt.keys()):

@@ -199,10 +199,13 @@ def validate_expert_config(cfg, moe_layers=None, n_experts=None, source="expert 
     if not str(key).isdigit():
       raise ExpertConfigError(f"{source}: layer key {key!r} is not a layer index")
     layer = int(key)
+    if str(layer) in experts:
+      raise ExpertConfigError(f"{source}: layer {layer} is listed twice")
     if moe_layers is not None and layer not in moe_layers:
       raise ExpertConfigError(f"{source}: layer {layer} is not a MoE layer of this model "
                               f"(MoE layers: {list(moe_layers)})")
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+    # bool is an int subclass, but JSON true/false are not expert ids.
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
       raise ExpertConfigError(f"{source}: layer {layer}: expected a list of expert ids")
     bad = [i for i in ids if i < 0 or (n_experts is not None and i >= n_experts)]
     if bad:
