@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   c.pretrain = ml_collections.ConfigDict(dict(
       num_train_steps=120,
-      train_files=["assets:intent_train_sample.jsonl", "assets:law_train_sample.jsonl"],
+      train_files=("assets:intent_train_sample.jsonl", "assets:law_train_sample.jsonl"),
       learning_rate=3e-3,
   ))
   c.data.train_files = ["assets:intent_train_sample.jsonl"]

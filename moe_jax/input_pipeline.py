@@ -52,7 +52,7 @@ def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict]]:
         continue
       where = f"{path}:{lineno}"
       try:
-        record = json.loads(line)
+        record = json.loads(line.rstrip("\r\n"))
       except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
       messages = record.get("messages") if isinstance(record, dict) else None
@@ -169,6 +169,8 @@ def prepare(paths: Sequence[str], tokenizer, tokenizer_name: str, seq_len: int,
 
   h = hashlib.sha1()
   for p in paths:
+    if not os.path.isfile(p):
+      raise DataError(f"{p}: no such file (config.data.train_files)")
     with open(p, "rb") as f:
       h.update(hashlib.sha1(f.read()).digest())
   h.update(json.dumps([tokenizer_name, seq_len, eval_fraction, max_examples, seed]).encode())

@@ -5,9 +5,27 @@ experiment needs (see configs/). Any field is overridable on the command line:
     python train.py --config=configs/fft.py --workdir=DIR --config.num_train_steps=100
 """
 
+import dataclasses
+import typing
+
 import ml_collections
 
 from moe_jax import sharding
+from moe_jax.config import ModelConfig
+
+_COMPUTE_FIELDS = ("dispatch", "capacity_factor")  # set under config.compute
+
+
+def _model_fields() -> dict:
+  """A typed None placeholder per scalar ModelConfig field, so `--config.model.X=...` works."""
+  hints = typing.get_type_hints(ModelConfig)
+  out = {}
+  for f in dataclasses.fields(ModelConfig):
+    kind = next((t for t in (bool, int, float, str) if t in typing.get_args(hints[f.name])
+                 or hints[f.name] is t), None)
+    if kind is not None and f.name not in _COMPUTE_FIELDS:
+      out[f.name] = ml_collections.FieldReference(None, field_type=kind)
+  return out
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -15,22 +33,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # The model: a Hugging Face directory to start from, or a preset (+ any ModelConfig field).
   c.init_from = ""  # "" = random init from `model` (after `pretrain`, if set)
-  c.model = ml_collections.ConfigDict(dict(preset="tiny"))
+  # Any ModelConfig field (Hugging Face names) may be set; None keeps the preset's value.
+  c.model = ml_collections.ConfigDict(dict(preset="tiny", **_model_fields()))
   c.compute = ml_collections.ConfigDict(dict(
       dispatch="sorted",  # token dispatch: "sorted", "ragged_dot" (TPU) or "dense"
       capacity_factor=0.0,  # <= 0: dropless; 1.25-2.0 trades exactness for speed at scale
   ))
   # Optional base training before the main run (used by the quickstart).
-  c.pretrain = ml_collections.ConfigDict(dict(num_train_steps=0, train_files=[], learning_rate=3e-3))
+  c.pretrain = ml_collections.ConfigDict(dict(num_train_steps=0, train_files=(), learning_rate=3e-3))
   c.data = ml_collections.ConfigDict(dict(
       tokenizer="byte",  # "byte", or a tokenizer.json (or its directory)
-      train_files=["assets:intent_train_sample.jsonl"],  # ESFT chat JSONL; "assets:" = shipped
+      # ESFT chat JSONL; "assets:" = shipped. A tuple: lists cannot be overridden on the command
+      # line (--config.data.train_files=a.jsonl, or "('a.jsonl', 'b.jsonl')").
+      train_files=("assets:intent_train_sample.jsonl",),
       seq_len=256,  # packed row length
       batch_size=8,  # global batch, in rows
       eval_fraction=0.1,  # share of examples held out for evaluation
       max_examples=0,  # 0 = all
   ))
-  c.train_mode = "fft"  # "fft" or "esft"
+  c.train_mode = "fft"  # "fft", "esft" or "lora"
+  c.lora = ml_collections.ConfigDict(dict(rank=8, scale=2.0))  # the ESFT paper's LoRA baseline
   c.esft = ml_collections.ConfigDict(dict(
       expert_config="",  # an official expert config JSON; "" = score and select here
       score_function="token",  # "token" (selection ratio) or "gate" (average gate score)

@@ -138,7 +138,7 @@ def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec):
 
 def build_model_config(cfg: ml_collections.ConfigDict) -> model_config.ModelConfig:
   """The ModelConfig from `config.model`: a preset plus any ModelConfig field overrides."""
-  fields = dict(cfg.model)
+  fields = {k: v for k, v in cfg.model.to_dict().items() if v is not None}
   preset = fields.pop("preset")
   if preset not in model_config.PRESETS:
     raise model_config.ConfigError(
@@ -213,7 +213,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
   esft_partition.check_selection(spec, mcfg)
   tx = make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
   params = esft.split(model.params, spec, mcfg)
-  logical = esft.split(logical_axes(mcfg)["params"], spec, mcfg)
+  logical = esft_partition.split_logical(logical_axes(mcfg)["params"], params, spec, mcfg)
   param_sh = sharding.tree_shardings(logical, params, mesh, rules)
   buffers = model.variables.get("buffers", {})
   rep = sharding.replicated(mesh)
@@ -271,6 +271,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
   t0, steps_timed = time.time(), 0
   try:
     for step in range(start, cfg.num_train_steps):
+      data_state = data_iter.get_state()  # the data position that goes with `state`
       batch = _global_batch(next(data_iter), batch_sh)
       state, m = step_fn(state, batch)
       m = jax.device_get(m)
@@ -279,10 +280,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
       if not m["finite"]:
         ckpt.wait()
         if ckpt.latest_step() != step:
-          ckpt.save(step, state, data_iter.get_state(), meta, force=True)
+          ckpt.save(step, state, data_state, meta, force=True)
           ckpt.wait()
+        what = (f"loss ({loss})" if not np.isfinite(loss) else
+                f"gradients (grad norm {float(m['grad_norm'])}, loss {loss:.4f})")
         raise FloatingPointError(
-            f"[{name}] step {step + 1}: non-finite loss or gradients (loss {loss}); stopped. The "
+            f"[{name}] step {step + 1}: non-finite {what}; stopped. The "
             f"state before this step is checkpointed at step {step} in {ckpt.directory}.")
       rate = steps_timed * tokens_per_step / (time.time() - t0)
       bar.update(1)
@@ -389,8 +392,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     spec = _select_experts(cfg, workdir, model, data)
   elif cfg.train_mode == "fft":
     spec = esft.TrainableSpec()
+  elif cfg.train_mode == "lora":
+    spec = esft.TrainableSpec("lora", lora_rank=cfg.lora.rank, lora_scale=cfg.lora.scale,
+                              seed=cfg.seed)
   else:
-    raise ValueError(f"config.train_mode: {cfg.train_mode!r} is not 'fft' or 'esft'")
+    raise ValueError(f"config.train_mode: {cfg.train_mode!r} is not 'fft', 'esft' or 'lora'")
   model, summary = train(cfg, workdir, model, spec, data, mesh, name=cfg.train_mode)
   if jax.process_index() == 0:
     if cfg.export_hf:

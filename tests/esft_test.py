@@ -347,7 +347,7 @@ def test_trainable_spec_from_expert_config():
     with pytest.raises(ExpertConfigError, match=pattern):
       esft.TrainableSpec.from_expert_config(bad, CONFIG)
   with pytest.raises(ValueError, match="train mode"):
-    esft.TrainableSpec("lora")
+    esft.TrainableSpec("qlora")
   with pytest.raises(ExpertConfigError, match="layer 9"):
     partition.check_selection(esft.TrainableSpec("esft", ((9, (0,)),)), CONFIG)
   with pytest.raises(ExpertConfigError, match="outside"):

@@ -11,6 +11,10 @@ expert order before the forward pass, so routing and outputs are unchanged.
 `labels` marks every leaf of the split tree "train" or "frozen"; the trainer's
 `optax.multi_transform` gives frozen leaves `set_to_zero()` (no state) and only
 differentiates the trained ones.
+
+The same three functions serve full fine-tuning (mode "fft": nothing split,
+everything trains) and LoRA (mode "lora": {"base": frozen params, "lora": the
+low-rank factors}, see `moe_jax.lora`), so the trainer has one step for all.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_jax import lora as lora_lib
 from moe_jax.config import ModelConfig
 from moe_jax.esft.selection import ExpertConfigError, validate_expert_config
 
@@ -31,16 +36,19 @@ TRAIN, FROZEN = "train", "frozen"
 
 @dataclasses.dataclass(frozen=True)
 class TrainableSpec:
-  """What trains. mode "fft": everything. mode "esft": the listed experts (+ flags)."""
+  """What trains. "fft": everything; "esft": the listed experts (+ flags); "lora": low-rank factors."""
 
   mode: str = "fft"
   experts: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (layer, selected expert ids)
   shared_experts: bool = False
   non_expert_modules: bool = False
+  lora_rank: int = 8
+  lora_scale: float = 2.0
+  seed: int = 0  # LoRA's A initialisation
 
   def __post_init__(self):
-    if self.mode not in ("fft", "esft"):
-      raise ValueError(f"train mode {self.mode!r} is not 'fft' or 'esft'")
+    if self.mode not in ("fft", "esft", "lora"):
+      raise ValueError(f"train mode {self.mode!r} is not 'fft', 'esft' or 'lora'")
 
   @property
   def selected(self) -> dict[int, tuple[int, ...]]:
@@ -80,10 +88,13 @@ def _rows(x, ids):
 def split(params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
   """The parameter tree with each MoE layer's experts split into selected/rest leaves.
 
-  Also splits a tree of logical PartitionSpecs shaped like the parameters.
+  Also splits a tree of logical PartitionSpecs shaped like the parameters
+  (except in LoRA mode: see `split_logical`).
   """
   if spec.mode == "fft":
     return params
+  if spec.mode == "lora":
+    return {"base": params, "lora": lora_lib.init(params, spec.lora_rank, spec.seed)}
   out = dict(params)
   selected = spec.selected
   for layer in config.moe_layers:
@@ -103,6 +114,8 @@ def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
   """Inverse of `split`: stacked [E, ...] experts in expert order (differentiable)."""
   if spec.mode == "fft":
     return split_params
+  if spec.mode == "lora":
+    return lora_lib.apply(split_params["base"], split_params["lora"], spec.lora_scale)
   out = dict(split_params)
   selected = spec.selected
   for layer in config.moe_layers:
@@ -121,12 +134,23 @@ def labels(split_params: dict, spec: TrainableSpec) -> dict:
     keys = [getattr(k, "key", str(k)) for k in path]
     if spec.mode == "fft":
       return TRAIN
+    if spec.mode == "lora":
+      return TRAIN if keys[0] == "lora" else FROZEN
     if "experts" in keys:
       return TRAIN if keys[keys.index("experts") + 1] == "selected" else FROZEN
     if "shared_experts" in keys:
       return TRAIN if spec.shared_experts else FROZEN
     return TRAIN if spec.non_expert_modules else FROZEN
   return jax.tree_util.tree_map_with_path(label, split_params)
+
+
+def split_logical(logical: dict, split_params: dict, spec: TrainableSpec,
+                  config: ModelConfig) -> dict:
+  """Logical axis names for the split tree; LoRA factors are small and replicated."""
+  if spec.mode == "lora":
+    return {"base": logical, "lora": jax.tree_util.tree_map(
+        lambda _: jax.sharding.PartitionSpec(), split_params["lora"])}
+  return split(logical, spec, config)
 
 
 def partition(tree: dict, label_tree: dict) -> tuple[dict, dict]:
