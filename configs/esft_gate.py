@@ -13,16 +13,8 @@ the intent routing logs). For the paper's expert counts use
 
 import ml_collections
 
-from moe_jax.train_config import base_config
+from moe_jax.train_config import esft_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = base_config()
-  c.train_mode = "esft"
-  c.esft.score_function = "gate"
-  c.esft.top_p = 0.1
-  c.optimizer.learning_rate = 1e-5
-  c.num_train_steps = 500
-  c.eval_every = 100
-  c.checkpoint_every = 100
-  return c
+  return esft_config(score_function="gate", top_p=0.1)

@@ -10,16 +10,8 @@ constant schedule, weight decay 0.1, 500 steps.
 
 import ml_collections
 
-from moe_jax.train_config import base_config
+from moe_jax.train_config import esft_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = base_config()
-  c.train_mode = "esft"
-  c.esft.score_function = "token"
-  c.esft.top_p = 0.2
-  c.optimizer.learning_rate = 1e-5
-  c.num_train_steps = 500
-  c.eval_every = 100
-  c.checkpoint_every = 100
-  return c
+  return esft_config(score_function="token", top_p=0.2)

@@ -76,3 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_prompt = ""  # if set, generate a continuation at the end
   c.sample_tokens = 48
   return c
+
+
+def esft_config(score_function: str, top_p: float) -> ml_collections.ConfigDict:
+  """ESFT with the paper's settings: lr 1e-5, constant schedule, weight decay 0.1, 500 steps."""
+  c = base_config()
+  c.train_mode = "esft"
+  c.esft.score_function = score_function
+  c.esft.top_p = top_p
+  c.optimizer.learning_rate = 1e-5
+  c.num_train_steps = 500
+  c.eval_every = 100
+  c.checkpoint_every = 100
+  return c
