@@ -5,7 +5,7 @@ stacked tensor would still give every expert optimizer state (and let weight
 decay move "frozen" rows), so ESFT splits each MoE layer's stack into two
 leaves: `experts/selected/*` [T_l, ...] holding the chosen experts and
 `experts/rest/*` [E - T_l, ...] holding the others (T_l varies by layer; layers
-are separate modules, so nothing is padded). `merge` puts the rows back in
+are separate modules, so nothing is padded; an empty group has no leaf). `merge` puts the rows back in
 expert order before the forward pass, so routing and outputs are unchanged.
 
 `labels` marks every leaf of the split tree "train" or "frozen"; the trainer's
@@ -102,10 +102,9 @@ def split(params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
     sel = list(selected.get(layer, ()))
     rest = _rest(sel, config.n_routed_experts)
     experts = params[name]["mlp"]["experts"]
-    split_experts = {
-        "selected": {p: _rows(experts[p], sel) for p in _PROJ},
-        "rest": {p: _rows(experts[p], rest) for p in _PROJ},
-    }
+    # An empty group is left out (checkpoints cannot hold zero-size arrays).
+    split_experts = {group: {p: _rows(experts[p], ids) for p in _PROJ}
+                     for group, ids in (("selected", sel), ("rest", rest)) if ids}
     out[name] = {**params[name], "mlp": {**params[name]["mlp"], "experts": split_experts}}
   return out
 
@@ -123,7 +122,8 @@ def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
     sel = list(selected.get(layer, ()))
     inverse = np.argsort(np.asarray(sel + _rest(sel, config.n_routed_experts)))
     parts = split_params[name]["mlp"]["experts"]
-    experts = {p: jnp.concatenate([parts["selected"][p], parts["rest"][p]])[inverse] for p in _PROJ}
+    groups = [parts[g] for g in ("selected", "rest") if g in parts]
+    experts = {p: jnp.concatenate([g[p] for g in groups])[inverse] for p in _PROJ}
     out[name] = {**split_params[name], "mlp": {**split_params[name]["mlp"], "experts": experts}}
   return out
 
