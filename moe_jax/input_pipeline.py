@@ -94,6 +94,15 @@ def pack(examples: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id
   Returns arrays [rows, seq_len]: tokens, loss_mask, segment_ids (1, 2, ... per
   example in a row; 0 on padding) and positions (restarting at 0 per example).
   """
+  return pack_fields(({"tokens": t, "loss_mask": m} for t, m in examples), seq_len, pad_id)
+
+
+def pack_fields(examples: Iterable[dict], seq_len: int, pad_id: int) -> dict:
+  """Packs examples given as {"tokens": [n], other per-token field: [n], ...} into rows.
+
+  Every field is carried along (zero on padding); segment_ids and positions are
+  added. A longer-than-seq_len example keeps its last seq_len tokens.
+  """
   rows: list[list] = []
   row: list = []
   used = 0
@@ -104,26 +113,29 @@ def pack(examples: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id
       rows.append(row)
     row, used = [], 0
 
-  for tokens, mask in examples:
-    if len(tokens) > seq_len:
-      tokens, mask = tokens[-seq_len:], mask[-seq_len:]
-    if used + len(tokens) > seq_len:
+  for ex in examples:
+    n = len(ex["tokens"])
+    if n > seq_len:
+      ex = {k: np.asarray(v)[-seq_len:] for k, v in ex.items()}
+      n = seq_len
+    if used + n > seq_len:
       flush()
-    row.append((tokens, mask))
-    used += len(tokens)
+    row.append(ex)
+    used += n
   flush()
   if not rows:
     raise DataError("no examples to pack")
-  out = {k: np.zeros((len(rows), seq_len), dt) for k, dt in
-         (("tokens", np.int32), ("loss_mask", np.bool_), ("segment_ids", np.int32),
-          ("positions", np.int32))}
+  fields = {k: np.asarray(v).dtype for k, v in rows[0][0].items()}
+  out = {k: np.zeros((len(rows), seq_len), dt) for k, dt in fields.items()}
+  out["segment_ids"] = np.zeros((len(rows), seq_len), np.int32)
+  out["positions"] = np.zeros((len(rows), seq_len), np.int32)
   out["tokens"][:] = pad_id
   for r, parts in enumerate(rows):
     at = 0
-    for seg, (tokens, mask) in enumerate(parts, 1):
-      n = len(tokens)
-      out["tokens"][r, at:at + n] = tokens
-      out["loss_mask"][r, at:at + n] = mask
+    for seg, ex in enumerate(parts, 1):
+      n = len(ex["tokens"])
+      for k in fields:
+        out[k][r, at:at + n] = ex[k]
       out["segment_ids"][r, at:at + n] = seg
       out["positions"][r, at:at + n] = np.arange(n)
       at += n

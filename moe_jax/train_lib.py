@@ -96,18 +96,22 @@ def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):
 
 
 def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
-                    tx: optax.GradientTransformation):
-  """train_step(state, batch) -> (state, metrics) for this model, trainable set and optimizer."""
+                    tx: optax.GradientTransformation, loss_fn=lm_loss):
+  """train_step(state, batch) -> (state, metrics) for this model, trainable set and optimizer.
+
+  loss_fn(params, buffers, config, batch) -> (loss, (loss_sum, n, MoEAux)): the
+  language-model loss by default; `moe_jax.prm` passes the process-reward loss.
+  """
 
   def train_step(state: TrainState, batch: dict):
     label_tree = esft.labels(state.params, spec)
     trained, frozen = esft_partition.partition(state.params, label_tree)
 
-    def loss_fn(trained):
+    def objective(trained):
       params = esft.merge(esft_partition.combine(trained, frozen), spec, config)
-      return lm_loss(params, state.buffers, config, batch)
+      return loss_fn(params, state.buffers, config, batch)
 
-    (_, (loss_sum, n, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    (_, (loss_sum, n, aux)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # unused by set_to_zero; DCE'd
     updates, opt_state = tx.update(esft_partition.combine(grads, zeros), state.opt_state,
                                    state.params)
@@ -126,10 +130,10 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
   return train_step
 
 
-def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec):
+def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec, loss_fn=lm_loss):
   def eval_step(state: TrainState, batch: dict) -> dict:
     params = esft.merge(state.params, spec, config)
-    _, (loss_sum, n, _) = lm_loss(params, state.buffers, config, batch)
+    _, (loss_sum, n, _) = loss_fn(params, state.buffers, config, batch)
     return {"loss_sum": loss_sum, "tokens": n}
   return eval_step
 
@@ -204,7 +208,7 @@ def _meta(mcfg: model_config.ModelConfig, spec: esft.TrainableSpec) -> dict:
 # The training loop -------------------------------------------------------------
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft.TrainableSpec,
-          data: _Data, mesh, name: str = "train") -> tuple[Model, dict]:
+          data: _Data, mesh, name: str = "train", loss_fn=lm_loss) -> tuple[Model, dict]:
   """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
 
   Returns the trained model (experts merged back) and a summary dict.
@@ -213,7 +217,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
   esft_partition.check_selection(spec, mcfg)
   tx = make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
   params = esft.split(model.params, spec, mcfg)
-  logical = esft_partition.split_logical(logical_axes(mcfg)["params"], params, spec, mcfg)
+  logical = logical_axes(mcfg)["params"]
+  if "value_head" in model.params:  # a reward model's scalar head (moe_jax.prm): replicated
+    logical = {**logical, "value_head": {"kernel": jax.sharding.PartitionSpec(None),
+                                         "bias": jax.sharding.PartitionSpec()}}
+  logical = esft_partition.split_logical(logical, params, spec, mcfg)
   param_sh = sharding.tree_shardings(logical, params, mesh, rules)
   buffers = model.variables.get("buffers", {})
   rep = sharding.replicated(mesh)
@@ -225,8 +233,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
   if cfg.data.batch_size % batch_axes:
     raise ValueError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"mesh's batch axes (data x fsdp x expert = {batch_axes})")
-  batch_sh = {k: sharding.batch_sharding(mesh, 2, rules)
-              for k in ("tokens", "loss_mask", "segment_ids", "positions")}
+  batch_sh = {k: sharding.batch_sharding(mesh, 2, rules) for k in data.train[0]}
 
   counts = esft_partition.count(params, esft.labels(params, spec))
   total = counts["train"] + counts["frozen"]
@@ -235,9 +242,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint_every, cfg.keep_checkpoints)
   meta = _meta(mcfg, spec)
-  step_fn = jax.jit(make_train_step(mcfg, spec, tx), in_shardings=(state_sh, batch_sh),
+  step_fn = jax.jit(make_train_step(mcfg, spec, tx, loss_fn), in_shardings=(state_sh, batch_sh),
                     out_shardings=(state_sh, None), donate_argnums=0)
-  eval_fn = jax.jit(make_eval_step(mcfg, spec), in_shardings=(state_sh, batch_sh))
+  eval_fn = jax.jit(make_eval_step(mcfg, spec, loss_fn), in_shardings=(state_sh, batch_sh))
   data_iter = iter(data.train.to_iter_dataset())
   latest = ckpt.latest_step()
   if latest is not None:
@@ -377,6 +384,9 @@ def _select_experts(cfg, workdir: str, model: Model, data: _Data) -> esft.Traina
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the experiment `cfg` describes in `workdir`; returns summary metrics."""
+  if cfg.get("task", "lm") == "prm":
+    from moe_jax.prm import training  # a process reward model on step-labelled solutions
+    return training.train_and_evaluate(cfg, workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = _mesh(cfg)
   tokenizer = load_tokenizer(resolve_data_path(cfg.data.tokenizer))

@@ -132,7 +132,7 @@ def labels(split_params: dict, spec: TrainableSpec) -> dict:
   """"train" / "frozen" for every leaf of the split tree."""
   def label(path, _):
     keys = [getattr(k, "key", str(k)) for k in path]
-    if spec.mode == "fft":
+    if spec.mode == "fft" or "value_head" in keys:  # a reward model's new head always trains
       return TRAIN
     if spec.mode == "lora":
       return TRAIN if keys[0] == "lora" else FROZEN

@@ -1,0 +1,112 @@
+"""Process reward model command line.
+
+    python -m moe_jax.prm annotate --config=configs/prm_annotate.py [--config.n=8 ...]
+    python -m moe_jax.prm verify --candidates FILE [--max-n 64] [--model PRM_DIR]
+    python -m moe_jax.prm convert IN OUT --to {trl,math_shepherd}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _annotate(argv) -> int:
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Annotation config file.", lock_config=True)
+  flags.mark_flags_as_required(["config"])
+
+  def main(_):
+    run_annotation(flags.FLAGS.config)
+
+  app.run(main, argv=["moe_jax.prm annotate"] + list(argv))
+  return 0
+
+
+def run_annotation(cfg) -> dict:
+  """Labels `cfg.solutions` with `cfg.completer`'s rollouts; writes JSONL and both PRM formats."""
+  from tqdm.auto import tqdm
+
+  from moe_jax.hf import from_pretrained
+  from moe_jax.prm import annotate, data
+  from moe_jax.tokenizer import load_tokenizer
+  from moe_jax.train_lib import resolve_data_path
+
+  solutions = []
+  with open(resolve_data_path(cfg.solutions), encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          r = json.loads(line)
+          solutions.append({"question": r["question"], "gold": str(r["gold"]), "steps": list(r["steps"])})
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+          raise ValueError(f"{cfg.solutions}:{lineno}: expected question, gold and steps ({e})") from e
+  model = from_pretrained(resolve_data_path(cfg.completer))
+  tokenizer = load_tokenizer(resolve_data_path(cfg.tokenizer))
+  completer = annotate.model_completer(model, tokenizer, cfg.max_new_tokens, cfg.temperature,
+                                       cfg.seed, cfg.batch_size)
+  os.makedirs(cfg.out_dir, exist_ok=True)
+  rows_path = os.path.join(cfg.out_dir, "labels.jsonl")
+  with tqdm(total=len(solutions), desc="annotate") as bar:
+    done = sum(1 for _ in open(rows_path, encoding="utf-8")) if os.path.exists(rows_path) else 0
+    bar.update(done)
+    annotate.annotate(solutions, completer, cfg.n, rows_path, progress=bar)
+  with open(rows_path, encoding="utf-8") as f:
+    rows = sorted((json.loads(l) for l in f), key=lambda r: r["index"])
+  for kind in ("hard", "soft"):
+    examples = [data.Example(r["question"], r["steps"], r[kind]) for r in rows]
+    data.write_trl(examples, os.path.join(cfg.out_dir, f"{kind}_trl.jsonl"))
+    if kind == "hard":
+      data.write_math_shepherd(examples, os.path.join(cfg.out_dir, "hard_math_shepherd.jsonl"))
+    else:  # Math-Shepherd holds only +/-: soft labels thresholded at 0.5 there
+      data.write_math_shepherd(examples, os.path.join(cfg.out_dir, "soft_math_shepherd.jsonl"),
+                               threshold=0.5)
+  print(f"labelled {len(rows)} solutions: {cfg.out_dir}")
+  return {"rows": len(rows), "out_dir": cfg.out_dir}
+
+
+def _convert(argv) -> int:
+  import argparse
+
+  from moe_jax.prm import data
+
+  parser = argparse.ArgumentParser(prog="python -m moe_jax.prm convert")
+  parser.add_argument("input")
+  parser.add_argument("output")
+  parser.add_argument("--to", choices=("trl", "math_shepherd"), required=True)
+  parser.add_argument("--tag", default=data.TAG)
+  parser.add_argument("--threshold", type=float, default=None,
+                      help="math_shepherd: label >= threshold is '+' (needed for soft labels)")
+  args = parser.parse_args(argv)
+  examples = data.read_examples(args.input, args.tag)
+  if args.to == "trl":
+    data.write_trl(examples, args.output)
+  else:
+    data.write_math_shepherd(examples, args.output, args.tag, threshold=args.threshold)
+  print(f"{len(examples)} examples -> {args.output}")
+  return 0
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] not in ("annotate", "verify", "convert"):
+    print(__doc__, file=sys.stderr)
+    return 2
+  command, rest = argv[0], argv[1:]
+  try:
+    if command == "annotate":
+      return _annotate(rest)
+    if command == "convert":
+      return _convert(rest)
+    from moe_jax.prm import verify
+    return verify.main(rest)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
