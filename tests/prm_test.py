@@ -191,3 +191,23 @@ def test_prm_training_through_the_trainer(repo_root, tmp_path, variant):
     assert after["log_loss"] != before["log_loss"]  # ...which trained
     assert after["steps"] == 90  # one outcome label per held-out solution
     assert summary["trainable_fraction"] < 0.5  # selected experts + the value head
+
+
+def test_verify_cli_scores_with_a_model(model, tmp_path, capsys):
+  from moe_jax.prm import verify
+  moe_jax.save_pretrained(model, tmp_path / "prm")
+  problems = [{"question": "What is 2+3?", "gold": "5", "candidates": [
+      {"steps": ["Step 1: 2+3 = 5", "Step 2: The answer is: 5"]},
+      {"steps": ["Step 1: 2+3 = 6", "Step 2: The answer is: 6"]}]}]
+  path = tmp_path / "cands.jsonl"
+  path.write_text("\n".join(json.dumps(p) for p in problems) + "\n")
+  assert verify.main(["--candidates", str(path), "--model", str(tmp_path / "prm"), "--max-n", "2",
+                      "--out", str(tmp_path / "out.json")]) == 0
+  result = json.loads((tmp_path / "out.json").read_text())
+  acc = result["accuracy"]
+  assert acc["pass@n"]["2"] == 1.0 and acc["pass@n"]["1"] == 1.0
+  # The PRM's choice matches its own scores, computed here directly.
+  scores = scoring.step_scores(model, TOK, problems[0]["question"],
+                               [c["steps"] for c in problems[0]["candidates"]])
+  best = int(np.argmax([min(s) for s in scores]))
+  assert acc["prm_min"]["2"] == (1.0 if best == 0 else 0.0)

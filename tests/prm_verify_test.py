@@ -356,7 +356,7 @@ def test_read_candidates_with_gsm8k_defaults(tmp_path):
     ({"candidates": []}, "'gold' must be a string"),
     ({"gold": "1"}, "'candidates' must be a list"),
     ({"gold": "1", "candidates": [{"step_scores": [0.5]}]},
-     "candidate 0 has neither 'answer' nor 'text'"),
+     "candidate 0 has none of 'answer', 'text' or 'steps'"),
     ({"gold": "1", "candidates": [{"answer": "1", "step_scores": []}]}, "non-empty list"),
     ({"gold": "1", "candidates": [{"answer": "1", "step_scores": [0.5, "x"]}]}, "step score 1"),
     ({"gold": "1", "candidates": [{"answer": "1", "orm_score": "high"}]}, "'orm_score'"),

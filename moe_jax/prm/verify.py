@@ -377,8 +377,10 @@ def _read_candidate(c, j: int, extract) -> Candidate:
     answer = None if answer is None else str(answer)
   elif text is not None:
     answer = (extract or _default_extract())(_untag(text))
+  elif isinstance(c.get("steps"), list) and c["steps"] and all(isinstance(x, str) for x in c["steps"]):
+    answer = (extract or _default_extract())(_untag("\n".join(c["steps"])))
   else:
-    raise ValueError(f"candidate {j} has neither 'answer' nor 'text'")
+    raise ValueError(f"candidate {j} has none of 'answer', 'text' or 'steps'")
   scores = c.get("step_scores")
   if scores is None:
     scores = []
