@@ -32,6 +32,8 @@ from typing import Iterable, Sequence
 import grain
 import numpy as np
 
+from moe_jax import jsonl
+
 
 class DataError(ValueError):
   """Bad training data; the message names the file and line."""
@@ -43,27 +45,17 @@ _ROLES = ("system", "user", "assistant")
 def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict]]:
   """Returns each line's message list, validated. Errors name the file and line."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: no such file")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        record = json.loads(line.rstrip("\r\n"))
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
-      messages = record.get("messages") if isinstance(record, dict) else None
-      if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
-      for j, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-          raise DataError(f"{where}: message {j} needs 'role' in {_ROLES} and a string 'content'")
-      if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: no assistant turn, so nothing to train on")
-      out.append(messages)
+  for where, record in jsonl.records(path, DataError):
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list) or not messages:
+      raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
+    for j, m in enumerate(messages):
+      if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+        raise DataError(f"{where}: message {j} needs 'role' in {_ROLES} and a string 'content'")
+    if not any(m["role"] == "assistant" for m in messages):
+      raise DataError(f"{where}: no assistant turn, so nothing to train on")
+    out.append(messages)
   if not out:
     raise DataError(f"{path}: no examples (empty file)")
   return out

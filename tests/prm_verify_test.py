@@ -351,7 +351,7 @@ def test_read_candidates_with_gsm8k_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("line,match", [
-    ("{not json", "invalid JSON"),
+    ("{not json", "malformed JSON"),
     ("[1, 2]", "expected an object"),
     ({"candidates": []}, "'gold' must be a string"),
     ({"gold": "1"}, "'candidates' must be a list"),
@@ -408,7 +408,7 @@ def test_cli_table_and_json(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
   f = _write(tmp_path / "c.jsonl", [{"gold": "1", "candidates": [{"answer": "1"}]}, "{oops"])
   assert V.main(["--candidates", str(f)]) == 2
-  assert f"{f}:2: invalid JSON" in capsys.readouterr().err
+  assert f"{f}:2: malformed JSON" in capsys.readouterr().err
   g = _write(tmp_path / "g.jsonl", [{"gold": "1", "candidates": [{"answer": "1"}]}])
   assert V.main(["--candidates", str(g), "--methods", "prm_min"]) == 2
   assert f"{g}:1: candidate 0 has no step scores" in capsys.readouterr().err

@@ -52,6 +52,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from moe_jax import jsonl
+
 TAG, GOOD, BAD = " ки", "+", "-"
 
 
@@ -217,26 +219,16 @@ def read_examples(path: str | os.PathLike, tag: str = TAG, good: str = GOOD, bad
   _tag_parts(tag)
   _check_tokens(good, bad)
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise PRMDataError(f"{path}: no such file")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        record = json.loads(line.rstrip("\r\n"))
-      except json.JSONDecodeError as e:
-        raise PRMDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
-      if isinstance(record, dict) and "input" in record and "label" in record:
-        out.append(_parse_math_shepherd(record["input"], record["label"], tag, good, bad, where))
-      elif isinstance(record, dict) and all(k in record for k in ("prompt", "completions", "labels")):
-        out.append(_parse_trl(record, where))
-      else:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise PRMDataError(f"{where}: unknown format {keys}: expected Math-Shepherd {{'input', 'label'}} or TRL "
-                           f"{{'prompt', 'completions', 'labels'}}")
+  for where, record in jsonl.records(path, PRMDataError):
+    if isinstance(record, dict) and "input" in record and "label" in record:
+      out.append(_parse_math_shepherd(record["input"], record["label"], tag, good, bad, where))
+    elif isinstance(record, dict) and all(k in record for k in ("prompt", "completions", "labels")):
+      out.append(_parse_trl(record, where))
+    else:
+      keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+      raise PRMDataError(f"{where}: unknown format {keys}: expected Math-Shepherd {{'input', 'label'}} or TRL "
+                         f"{{'prompt', 'completions', 'labels'}}")
   return out
 
 
@@ -275,6 +267,15 @@ def _validate(example: Example, where: str) -> None:
     _label_value(v, where, k)
 
 
+def _check_untagged(example: Example, tag: str, where: str) -> None:
+  """The tag marks step ends; inside a step or the question it would be read as another step."""
+  for k, s in enumerate(example.steps):
+    if tag in s:
+      raise PRMDataError(f"{where}: step {k} contains the step tag {tag!r}, which would be read as another step")
+  if tag in example.question:
+    raise PRMDataError(f"{where}: the question contains the step tag {tag!r}, which would be read as a step")
+
+
 def _write_jsonl(path, records: Iterable[dict]) -> None:
   path = os.fspath(path)
   tmp = path + ".tmp"
@@ -300,11 +301,7 @@ def write_math_shepherd(examples: Sequence[Example], path: str | os.PathLike, ta
     for i, ex in enumerate(examples):
       where = f"example {i}" + (f" ({ex.source})" if ex.source else "")
       _validate(ex, where)
-      for k, s in enumerate(ex.steps):
-        if tag in s:
-          raise PRMDataError(f"{where}: step {k} contains the step tag {tag!r}")
-      if tag in ex.question:
-        raise PRMDataError(f"{where}: the question contains the step tag {tag!r}")
+      _check_untagged(ex, tag, where)
       hard = [1.0 if _hard(v, threshold, where, k) else 0.0 for k, v in enumerate(ex.labels)]
       record = {"input": format_input(ex, tag), "label": format_label(ex, tag, good, bad, threshold)}
       try:
@@ -363,11 +360,7 @@ def encode(example: Example, tokenizer, tag: str = TAG, line: str = "") -> dict:
   where = line or example.source or "example"
   _tag_parts(tag)
   _validate(example, where)
-  for k, s in enumerate(example.steps):
-    if tag in s:
-      raise PRMDataError(f"{where}: step {k} contains the step tag {tag!r}, which would be read as another step")
-  if tag in example.question:
-    raise PRMDataError(f"{where}: the question contains the step tag {tag!r}, which would be read as a step")
+  _check_untagged(example, tag, where)
   tag_ids = [int(t) for t in tokenizer.encode(tag)]
   if not tag_ids:
     raise PRMDataError(f"{where}: the tokenizer encodes the step tag {tag!r} as no tokens")

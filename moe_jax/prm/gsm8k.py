@@ -23,6 +23,7 @@ import os
 import re
 
 from moe_jax.prm.data import PRMDataError
+from moe_jax import jsonl
 
 _CALC = re.compile(r"<<[^<>]*>>")
 _ANSWER = re.compile(r"(?:####|\b[Tt]he answer is:?)[ \t]*([^\n]*?)[ \t]*$", re.MULTILINE)
@@ -44,28 +45,18 @@ def reference_steps(solution: str, strip_calculator: bool = False) -> tuple[list
 def load(path: str | os.PathLike, strip_calculator: bool = False) -> list[dict]:
   """Reads GSM8K JSONL into {"question", "steps", "answer", "solution"} dicts; errors name file:line."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise PRMDataError(f"{path}: no such file")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise PRMDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
-      if not isinstance(record, dict) or not isinstance(record.get("question"), str) \
-          or not isinstance(record.get("answer"), str):
-        raise PRMDataError(f"{where}: expected an object with string 'question' and 'answer'")
-      try:
-        steps, answer = reference_steps(record["answer"], strip_calculator)
-      except ValueError as e:
-        raise PRMDataError(f"{where}: {e}") from e
-      if not answer:
-        raise PRMDataError(f"{where}: empty final answer after '####'")
-      out.append({"question": record["question"], "steps": steps, "answer": answer, "solution": record["answer"]})
+  for where, record in jsonl.records(path, PRMDataError):
+    if not isinstance(record, dict) or not isinstance(record.get("question"), str) \
+        or not isinstance(record.get("answer"), str):
+      raise PRMDataError(f"{where}: expected an object with string 'question' and 'answer'")
+    try:
+      steps, answer = reference_steps(record["answer"], strip_calculator)
+    except ValueError as e:
+      raise PRMDataError(f"{where}: {e}") from e
+    if not answer:
+      raise PRMDataError(f"{where}: empty final answer after '####'")
+    out.append({"question": record["question"], "steps": steps, "answer": answer, "solution": record["answer"]})
   return out
 
 

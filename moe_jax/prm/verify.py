@@ -44,6 +44,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from moe_jax import jsonl
+
 AGGREGATIONS = ("min", "prod", "mean", "last", "max")
 # evaluate() method names: PRM best-of-N per aggregation, SC + PRM per aggregation, baselines.
 METHODS = (tuple(f"prm_{a}" for a in AGGREGATIONS) + tuple(f"prm_{a}+vote" for a in AGGREGATIONS)
@@ -413,32 +415,24 @@ def read_candidates(path, extract: Callable[[str], str | None] | None = None) ->
   are ignored. Raises ValueError naming file:line on malformed input.
   """
   problems = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON: {e}") from None
-      try:
-        if not isinstance(obj, dict):
-          raise ValueError(f"expected an object, got {type(obj).__name__}")
-        gold = obj.get("gold")
-        if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
-          raise ValueError(f"'gold' must be a string, got {gold!r}")
-        question = obj.get("question", "")
-        if not isinstance(question, str):
-          raise ValueError("'question' must be a string")
-        cands = obj.get("candidates")
-        if not isinstance(cands, list):
-          raise ValueError("'candidates' must be a list (possibly empty)")
-        candidates = [_read_candidate(c, j, extract) for j, c in enumerate(cands)]
-      except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-      problems.append(Problem(gold=str(gold), candidates=candidates, question=question,
-                              where=where))
+  for where, obj in jsonl.records(path):
+    try:
+      if not isinstance(obj, dict):
+        raise ValueError(f"expected an object, got {type(obj).__name__}")
+      gold = obj.get("gold")
+      if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
+        raise ValueError(f"'gold' must be a string, got {gold!r}")
+      question = obj.get("question", "")
+      if not isinstance(question, str):
+        raise ValueError("'question' must be a string")
+      cands = obj.get("candidates")
+      if not isinstance(cands, list):
+        raise ValueError("'candidates' must be a list (possibly empty)")
+      candidates = [_read_candidate(c, j, extract) for j, c in enumerate(cands)]
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    problems.append(Problem(gold=str(gold), candidates=candidates, question=question,
+                            where=where))
   return problems
 
 
