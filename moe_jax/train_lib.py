@@ -161,14 +161,14 @@ def resolve_data_path(path: str) -> str:
 
 
 @dataclasses.dataclass
-class _Data:
+class Data:
   train: Any  # grain MapDataset of this process's batches
   eval: Any
   eval_batches: int
   rows: int
 
 
-def _load_data(data_cfg, tokenizer, seed: int, data_dir: str) -> _Data:
+def load_data(data_cfg, tokenizer, seed: int, data_dir: str) -> Data:
   files = [resolve_data_path(p) for p in data_cfg.train_files]
   sources = input_pipeline.prepare(files, tokenizer, data_cfg.tokenizer, data_cfg.seq_len,
                                    data_cfg.eval_fraction, data_dir, data_cfg.max_examples, seed)
@@ -181,7 +181,7 @@ def _load_data(data_cfg, tokenizer, seed: int, data_dir: str) -> _Data:
         f"the eval split has {n_eval} packed rows, fewer than a batch of {bs}; raise "
         f"config.data.eval_fraction or lower config.data.batch_size")
   evals = input_pipeline.batches(sources["eval"], bs, seed, False, pi, pc)
-  return _Data(train, evals, n_eval // bs, len(sources["train"]))
+  return Data(train, evals, n_eval // bs, len(sources["train"]))
 
 
 def _global_batch(batch: dict, shardings: dict) -> dict:
@@ -189,7 +189,7 @@ def _global_batch(batch: dict, shardings: dict) -> dict:
           for k, v in batch.items()}
 
 
-def _mesh(cfg) -> jax.sharding.Mesh:
+def make_mesh(cfg) -> jax.sharding.Mesh:
   return sharding.make_mesh(dict(cfg.mesh))
 
 
@@ -208,7 +208,7 @@ def _meta(mcfg: model_config.ModelConfig, spec: esft.TrainableSpec) -> dict:
 # The training loop -------------------------------------------------------------
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft.TrainableSpec,
-          data: _Data, mesh, name: str = "train", loss_fn=lm_loss) -> tuple[Model, dict]:
+          data: Data, mesh, name: str = "train", loss_fn=lm_loss) -> tuple[Model, dict]:
   """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
 
   Returns the trained model (experts merged back) and a summary dict.
@@ -321,7 +321,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
 
 # Whole runs ---------------------------------------------------------------------
 
-def _base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
+def base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
   """The model to fine-tune: a HF directory, a pretraining stage, or a random init."""
   if cfg.init_from:
     return from_pretrained(resolve_data_path(cfg.init_from))
@@ -344,7 +344,7 @@ def _base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
   pre_cfg.data.train_files = list(pre.train_files)
   pre_cfg.optimizer.learning_rate = pre.learning_rate
   pre_cfg.optimizer.schedule = "cosine"
-  data = _load_data(pre_cfg.data, tokenizer, cfg.seed, os.path.join(workdir, "data"))
+  data = load_data(pre_cfg.data, tokenizer, cfg.seed, os.path.join(workdir, "data"))
   model, _ = train(pre_cfg, pre_dir, model, esft.TrainableSpec(), data, mesh, name="pretrain")
   if jax.process_index() == 0:
     save_pretrained(model, done)
@@ -355,7 +355,7 @@ def _compute_fields(mcfg: model_config.ModelConfig) -> dict:
   return {"dispatch": mcfg.dispatch, "capacity_factor": mcfg.capacity_factor}
 
 
-def _select_experts(cfg, workdir: str, model: Model, data: _Data) -> esft.TrainableSpec:
+def select_experts(cfg, workdir: str, model: Model, data: Data) -> esft.TrainableSpec:
   """ESFT: the expert config from a file, or scored on the task's training data."""
   e = cfg.esft
   mcfg = model.config
@@ -388,18 +388,18 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from moe_jax.prm import training  # a process reward model on step-labelled solutions
     return training.train_and_evaluate(cfg, workdir)
   os.makedirs(workdir, exist_ok=True)
-  mesh = _mesh(cfg)
+  mesh = make_mesh(cfg)
   tokenizer = load_tokenizer(resolve_data_path(cfg.data.tokenizer))
-  model = _base_model(cfg, workdir, tokenizer, mesh)
+  model = base_model(cfg, workdir, tokenizer, mesh)
   overrides = {k: v for k, v in cfg.get("compute", {}).items()}
   if overrides:
     model = Model(model.config.replace(**overrides), model.variables)
-  data = _load_data(cfg.data, tokenizer, cfg.seed, os.path.join(workdir, "data"))
+  data = load_data(cfg.data, tokenizer, cfg.seed, os.path.join(workdir, "data"))
   print(f"model: {model.config.model_type}, {len(model.config.moe_layers)} MoE layers x "
         f"{model.config.n_routed_experts} experts (top-{model.config.num_experts_per_tok}); data: "
         f"{data.rows} train rows of {cfg.data.seq_len} tokens; mesh {dict(mesh.shape)}")
   if cfg.train_mode == "esft":
-    spec = _select_experts(cfg, workdir, model, data)
+    spec = select_experts(cfg, workdir, model, data)
   elif cfg.train_mode == "fft":
     spec = esft.TrainableSpec()
   elif cfg.train_mode == "lora":

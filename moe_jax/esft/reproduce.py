@@ -316,7 +316,7 @@ def adapt(name: str, method: str, base: Model, scores, p: Plan, files: dict, eva
   run_dir = os.path.join(out_dir, "runs", f"{name}_{method}_s{seed}")
   spec = _spec(method, base, scores, seed)
   cfg = _run_config(p, p.adapt_steps, LR[method], [files["intent_adapt"]], seed)
-  data = train_lib._load_data(cfg.data, TOKENIZER, seed, os.path.join(out_dir, "data_cache"))
+  data = train_lib.load_data(cfg.data, TOKENIZER, seed, os.path.join(out_dir, "data_cache"))
   t0 = time.time()
   model, summary = train_lib.train(cfg, run_dir, Model(base.config, base.variables), spec, data,
                                    mesh, name=f"{name}/{method}/s{seed}")
@@ -374,7 +374,7 @@ def run_study(out: str, data_dir: str | None, quick: bool, seeds: int = 3) -> di
   bases = {}
   for name, mcfg in model_configs(quick).items():
     cfg = _run_config(p, p.pretrain_steps, 3e-3, files["pretrain"], 0)
-    data = train_lib._load_data(cfg.data, TOKENIZER, 0, os.path.join(out, "data_cache"))
+    data = train_lib.load_data(cfg.data, TOKENIZER, 0, os.path.join(out, "data_cache"))
     model = Model(mcfg, init_variables(mcfg, 0))
     t0 = time.time()
     model, _ = train_lib.train(cfg, os.path.join(out, "runs", f"pretrain_{name}"), model,

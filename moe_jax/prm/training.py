@@ -40,9 +40,9 @@ def encode_examples(examples, tokenizer, tag: str, orm: bool, source: str = "") 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   p = cfg.prm
-  mesh = train_lib._mesh(cfg)
+  mesh = train_lib.make_mesh(cfg)
   tokenizer = load_tokenizer(train_lib.resolve_data_path(cfg.data.tokenizer))
-  model = train_lib._base_model(cfg, workdir, tokenizer, mesh)
+  model = train_lib.base_model(cfg, workdir, tokenizer, mesh)
   path = train_lib.resolve_data_path(p.train_file)
   examples = prm_data.read_examples(path, p.tag, p.good, p.bad)
   if p.label == "hard":
@@ -55,7 +55,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   if len(eval_rows["tokens"]) < bs:
     raise input_pipeline.DataError(f"{path}: {len(eval_rows['tokens'])} held-out rows cannot fill a "
                                    f"batch of {bs}; raise config.data.eval_fraction")
-  data = train_lib._Data(input_pipeline.batches(train_rows, bs, cfg.seed, True, jax.process_index(),
+  data = train_lib.Data(input_pipeline.batches(train_rows, bs, cfg.seed, True, jax.process_index(),
                                                 jax.process_count()),
                          input_pipeline.batches(eval_rows, bs, cfg.seed, False, jax.process_index(),
                                                 jax.process_count()),
@@ -66,7 +66,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     model = Model(model.config, {**model.variables, "params": {
         **model.params, "value_head": reward.init_value_head(model.config.hidden_size)}})
   if cfg.train_mode == "esft":
-    spec = train_lib._select_experts(cfg, workdir, model, data)
+    spec = train_lib.select_experts(cfg, workdir, model, data)
   elif cfg.train_mode == "lora":
     spec = esft.TrainableSpec("lora", lora_rank=cfg.lora.rank, lora_scale=cfg.lora.scale, seed=cfg.seed)
   else:
