@@ -548,6 +548,9 @@ def report(r: dict) -> str:
               f"**H4 {_verdict(gaps['fine'], gaps['coarse'], True)}**.", ""]
   else:
     lines += ["", "**H4 not run**: the study stopped before these adaptation runs.", ""]
+  if rows and all(x["intent_em"] == 0 for x in rows):
+    lines += ["Intent exact match was 0 for every run: these byte-level models, trained for minutes, "
+              "never emit the exact gold JSON, so intent loss is the task metric that discriminates here.", ""]
   lines += ["## Caveats", "",
             "- Tiny byte-level models trained for minutes: absolute numbers say nothing about the papers' scale.",
             "- One pretraining run per architecture; the seeds vary only the adaptation (data order, LoRA init, "
