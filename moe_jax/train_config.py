@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_fraction=0.1,  # share of examples held out for evaluation
       max_examples=0,  # 0 = all
   ))
-  c.task = "lm"  # "lm": chat SFT; "prm": a process reward model (see configs/prm.py)
+  c.task = "lm"  # "lm": chat SFT; "prm": a process reward model (configs/prm.py); "ppo": configs/ppo.py
   c.train_mode = "fft"  # "fft", "esft" or "lora"
   c.lora = ml_collections.ConfigDict(dict(rank=8, scale=2.0))  # the ESFT paper's LoRA baseline
   c.esft = ml_collections.ConfigDict(dict(

@@ -99,8 +99,9 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
                     tx: optax.GradientTransformation, loss_fn=lm_loss):
   """train_step(state, batch) -> (state, metrics) for this model, trainable set and optimizer.
 
-  loss_fn(params, buffers, config, batch) -> (loss, (loss_sum, n, MoEAux)): the
-  language-model loss by default; `moe_jax.prm` passes the process-reward loss.
+  loss_fn(params, buffers, config, batch) -> (loss, (loss_sum, n, MoEAux[, metrics])):
+  the language-model loss by default; `moe_jax.prm` passes the process-reward
+  and PPO losses. An optional fourth item, a dict of scalars, joins the metrics.
   """
 
   def train_step(state: TrainState, batch: dict):
@@ -111,7 +112,7 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
       params = esft.merge(esft_partition.combine(trained, frozen), spec, config)
       return loss_fn(params, state.buffers, config, batch)
 
-    (_, (loss_sum, n, aux)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
+    (_, (loss_sum, n, aux, *extra)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # unused by set_to_zero; DCE'd
     updates, opt_state = tx.update(esft_partition.combine(grads, zeros), state.opt_state,
                                    state.params)
@@ -124,7 +125,7 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
     new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
     metrics = {"loss_sum": loss_sum, "tokens": n, "balance_loss": aux.balance_loss,
                "dropped": aux.dropped, "grad_norm": grad_norm,
-               "update_norm": optax.tree.norm(trained_updates), "finite": ok}
+               "update_norm": optax.tree.norm(trained_updates), "finite": ok, **(extra[0] if extra else {})}
     return new, metrics
 
   return train_step
@@ -133,7 +134,7 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
 def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec, loss_fn=lm_loss):
   def eval_step(state: TrainState, batch: dict) -> dict:
     params = esft.merge(state.params, spec, config)
-    _, (loss_sum, n, _) = loss_fn(params, state.buffers, config, batch)
+    _, (loss_sum, n, *_) = loss_fn(params, state.buffers, config, batch)
     return {"loss_sum": loss_sum, "tokens": n}
   return eval_step
 
@@ -207,18 +208,29 @@ def _meta(mcfg: model_config.ModelConfig, spec: esft.TrainableSpec) -> dict:
 
 # The training loop -------------------------------------------------------------
 
-def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft.TrainableSpec,
-          data: Data, mesh, name: str = "train", loss_fn=lm_loss) -> tuple[Model, dict]:
-  """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
+@dataclasses.dataclass
+class Run:
+  """A run's compiled step and placement: what `train` and the PPO loop share."""
 
-  Returns the trained model (experts merged back) and a summary dict.
-  """
+  state: TrainState
+  state_sharding: TrainState
+  batch_sharding: Any  # for any [B, ...] batch field
+  tx: optax.GradientTransformation
+  checkpointer: Checkpointer
+  meta: dict
+  data_state: Any  # what the restored checkpoint saved beside the state (None on a fresh start)
+  summary: dict  # trainable and total parameter counts
+
+
+def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft.TrainableSpec,
+              mesh, num_steps: int, extra_meta: dict | None = None) -> Run:
+  """Places `model` under `spec` on `mesh` with a fresh optimizer, or restores the latest checkpoint."""
   mcfg, rules = model.config, _rules(cfg)
   esft_partition.check_selection(spec, mcfg)
-  tx = make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
+  tx = make_optimizer(cfg.optimizer, num_steps, spec)
   params = esft.split(model.params, spec, mcfg)
   logical = logical_axes(mcfg)["params"]
-  if "value_head" in model.params:  # a reward model's scalar head (moe_jax.prm): replicated
+  if "value_head" in model.params:  # a reward model's or critic's scalar head: replicated
     logical = {**logical, "value_head": {"kernel": jax.sharding.PartitionSpec(None),
                                          "bias": jax.sharding.PartitionSpec()}}
   logical = esft_partition.split_logical(logical, params, spec, mcfg)
@@ -233,30 +245,45 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
   if cfg.data.batch_size % batch_axes:
     raise ValueError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"mesh's batch axes (data x fsdp x expert = {batch_axes})")
-  batch_sh = {k: sharding.batch_sharding(mesh, 2, rules) for k in data.train[0]}
-
   counts = esft_partition.count(params, esft.labels(params, spec))
   total = counts["train"] + counts["frozen"]
-  summary: dict = {"trainable_params": counts["train"], "total_params": total,
-                   "trainable_fraction": counts["train"] / total}
-
+  summary = {"trainable_params": counts["train"], "total_params": total,
+             "trainable_fraction": counts["train"] / total}
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint_every, cfg.keep_checkpoints)
-  meta = _meta(mcfg, spec)
-  step_fn = jax.jit(make_train_step(mcfg, spec, tx, loss_fn), in_shardings=(state_sh, batch_sh),
-                    out_shardings=(state_sh, None), donate_argnums=0)
-  eval_fn = jax.jit(make_eval_step(mcfg, spec, loss_fn), in_shardings=(state_sh, batch_sh))
-  data_iter = iter(data.train.to_iter_dataset())
+  meta = {**_meta(mcfg, spec), **(extra_meta or {})}
   latest = ckpt.latest_step()
+  data_state = None
   if latest is not None:
     init_shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, buffers, opt_shape)
     state, data_state = ckpt.restore(latest, abstract(init_shapes, state_sh), meta)
-    data_iter.set_state(data_state)
-    print(f"[{name}] resumed from {ckpt.directory} at step {latest}")
   else:
     placed = jax.device_put(params, param_sh)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=placed,
                        buffers=jax.device_put(buffers, buffer_sh),
                        opt_state=jax.jit(tx.init, out_shardings=opt_sh)(placed))
+  return Run(state, state_sh, sharding.batch_sharding(mesh, 2, rules), tx, ckpt, meta, data_state,
+             summary)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft.TrainableSpec,
+          data: Data, mesh, name: str = "train", loss_fn=lm_loss) -> tuple[Model, dict]:
+  """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
+
+  Returns the trained model (experts merged back) and a summary dict.
+  """
+  mcfg = model.config
+  run = start_run(cfg, workdir, model, spec, mesh, cfg.num_train_steps)
+  state, state_sh, tx, ckpt, meta = run.state, run.state_sharding, run.tx, run.checkpointer, run.meta
+  buffers = model.variables.get("buffers", {})
+  batch_sh = {k: run.batch_sharding for k in data.train[0]}
+  summary = dict(run.summary)
+  step_fn = jax.jit(make_train_step(mcfg, spec, tx, loss_fn), in_shardings=(state_sh, batch_sh),
+                    out_shardings=(state_sh, None), donate_argnums=0)
+  eval_fn = jax.jit(make_eval_step(mcfg, spec, loss_fn), in_shardings=(state_sh, batch_sh))
+  data_iter = iter(data.train.to_iter_dataset())
+  if run.data_state is not None:
+    data_iter.set_state(run.data_state)
+    print(f"[{name}] resumed from {ckpt.directory} at step {int(state.step)}")
   start = int(state.step)
 
   def evaluate() -> float:
@@ -271,8 +298,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
     summary["eval_loss_before"] = evaluate()
     writer.write(0, {"eval_loss": summary["eval_loss_before"]})
     print(f"[{name}] eval loss before training: {summary['eval_loss_before']:.4f}")
-  print(f"[{name}] trainable parameters: {counts['train']:,} of {total:,} "
-        f"({100 * summary['trainable_fraction']:.2f}%)")
+  print(f"[{name}] trainable parameters: {summary['trainable_params']:,} of "
+        f"{summary['total_params']:,} ({100 * summary['trainable_fraction']:.2f}%)")
   tokens_per_step = cfg.data.batch_size * (cfg.data.seq_len - 1)
   bar = progress(cfg.num_train_steps, start, name, enabled=jax.process_index() == 0)
   t0, steps_timed = time.time(), 0
@@ -384,9 +411,13 @@ def select_experts(cfg, workdir: str, model: Model, data: Data) -> esft.Trainabl
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the experiment `cfg` describes in `workdir`; returns summary metrics."""
-  if cfg.get("task", "lm") == "prm":
+  task = cfg.get("task", "lm")
+  if task == "prm":
     from moe_jax.prm import training  # a process reward model on step-labelled solutions
     return training.train_and_evaluate(cfg, workdir)
+  if task == "ppo":
+    from moe_jax.prm import ppo  # step-by-step PPO against a reward model
+    return ppo.train_and_evaluate(cfg, workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh(cfg)
   tokenizer = load_tokenizer(resolve_data_path(cfg.data.tokenizer))

@@ -44,7 +44,7 @@ def model_completer(model: Model, tokenizer, max_new_tokens: int, temperature: f
     for i in range(0, len(texts), batch_size):
       chunk = texts[i:i + batch_size]
       ids = [([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(t) for t in chunk]
-      width = max(map(len, ids))
+      width = -(-max(map(len, ids)) // 32) * 32  # few distinct widths: few compiled programs
       rows = len(ids)
       pad = batch_size - rows  # one shape per call keeps a single compiled program
       tokens = np.zeros((batch_size, width), np.int32)

@@ -11,29 +11,40 @@ from moe_jax.model import Model
 from moe_jax.prm import data as prm_data
 from moe_jax.prm import reward
 
+_WIDTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes get compiled
 
-def step_scores(model: Model, tokenizer, question: str, solutions: Sequence[Sequence[str]],
-                tag: str = prm_data.TAG, good: str = prm_data.GOOD, bad: str = prm_data.BAD,
-                value_head: bool = False, seq_len: int = 1024, batch_size: int = 16) -> list[list[float]]:
-  """p(good) for each step of each solution (a list of step texts) to `question`."""
+
+def score_solutions(model: Model, tokenizer, items: Sequence[tuple[str, Sequence[str]]],
+                    tag: str = prm_data.TAG, good: str = prm_data.GOOD, bad: str = prm_data.BAD,
+                    value_head: bool = False, seq_len: int = 1024,
+                    batch_size: int = 16) -> list[list[float]]:
+  """p(good) for each step of each (question, steps) item, in order."""
+  if not items:
+    return []
   good_id, bad_id = reward.label_ids(tokenizer, good, bad)
   head = reward.RewardHead(good_id, bad_id, value_head)
   encoded = []
-  for i, steps in enumerate(solutions):
+  for i, (question, steps) in enumerate(items):
     ex = prm_data.Example(question, list(steps), [0.0] * len(steps))
     enc = prm_data.encode(ex, tokenizer, tag, line=f"solution {i}")
     if len(enc["tokens"]) > seq_len:
       raise ValueError(f"solution {i}: {len(enc['tokens'])} tokens exceed seq_len={seq_len}")
     encoded.append(enc)
-  # One solution per row (no packing) keeps the scores in solution order.
-  rows = [input_pipeline.pack_fields([e], max(len(e["tokens"]) for e in encoded), tokenizer.pad_id)
-          for e in encoded]
-  width = max(r["tokens"].shape[1] for r in rows)
-  batch = {k: np.concatenate([np.pad(r[k], ((0, 0), (0, width - r[k].shape[1]))) for r in rows])
-           for k in rows[0]}
-  probs, _ = reward.score_rows(model, batch, head, batch_size)
+  width = -(-max(len(e["tokens"]) for e in encoded) // _WIDTH_BUCKET) * _WIDTH_BUCKET
+  # Packing keeps the solutions in order, and score_rows reads score positions row-major,
+  # so the flat scores are in solution order.
+  rows = input_pipeline.pack_fields(encoded, width, tokenizer.pad_id)
+  probs, _ = reward.score_rows(model, rows, head, batch_size)
   out, at = [], 0
-  for steps in solutions:
+  for _, steps in items:
     out.append([float(x) for x in probs[at:at + len(steps)]])
     at += len(steps)
   return out
+
+
+def step_scores(model: Model, tokenizer, question: str, solutions: Sequence[Sequence[str]],
+                tag: str = prm_data.TAG, good: str = prm_data.GOOD, bad: str = prm_data.BAD,
+                value_head: bool = False, seq_len: int = 1024, batch_size: int = 16) -> list[list[float]]:
+  """p(good) for each step of each solution (a list of step texts) to `question`."""
+  return score_solutions(model, tokenizer, [(question, s) for s in solutions], tag, good, bad,
+                         value_head, seq_len, batch_size)

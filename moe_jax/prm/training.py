@@ -45,15 +45,33 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   model = train_lib.base_model(cfg, workdir, tokenizer, mesh)
   path = train_lib.resolve_data_path(p.train_file)
   examples = prm_data.read_examples(path, p.tag, p.good, p.bad)
-  if p.label == "hard":
-    examples = [prm_data.Example(e.question, e.steps, [float(l >= 0.5) for l in e.labels]) for e in examples]
   train_ex, eval_ex = input_pipeline.split_examples(examples, cfg.data.eval_fraction, cfg.seed)
-  pack = lambda exs: input_pipeline.pack_fields(encode_examples(exs, tokenizer, p.tag, p.orm, path),
+  model, summary = fit(cfg, workdir, model, tokenizer, train_ex, eval_ex, mesh, path)
+  if jax.process_index() == 0:
+    if cfg.export_hf:
+      save_pretrained(model, os.path.join(workdir, "hf"))
+      if p.value_head:
+        np.savez(os.path.join(workdir, "hf", "value_head.npz"),
+                 **jax.device_get(model.params["value_head"]))
+      summary["hf_dir"] = os.path.join(workdir, "hf")
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def fit(cfg: ml_collections.ConfigDict, workdir: str, model: Model, tokenizer, train_ex, eval_ex,
+        mesh, source: str = "") -> tuple[Model, dict]:
+  """Trains `model` as a PRM/ORM (cfg.prm) on train_ex; step metrics on eval_ex before and after."""
+  p = cfg.prm
+  if p.label == "hard":
+    train_ex, eval_ex = ([prm_data.Example(e.question, e.steps, [float(l >= 0.5) for l in e.labels])
+                          for e in exs] for exs in (train_ex, eval_ex))
+  pack = lambda exs: input_pipeline.pack_fields(encode_examples(exs, tokenizer, p.tag, p.orm, source),
                                                 cfg.data.seq_len, tokenizer.pad_id)
   train_rows, eval_rows = pack(train_ex), pack(eval_ex)
   bs = cfg.data.batch_size
   if len(eval_rows["tokens"]) < bs:
-    raise input_pipeline.DataError(f"{path}: {len(eval_rows['tokens'])} held-out rows cannot fill a "
+    raise input_pipeline.DataError(f"{source}: {len(eval_rows['tokens'])} held-out rows cannot fill a "
                                    f"batch of {bs}; raise config.data.eval_fraction")
   data = train_lib.Data(input_pipeline.batches(train_rows, bs, cfg.seed, True, jax.process_index(),
                                                 jax.process_count()),
@@ -80,16 +98,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   summary.update(run)
   summary["metrics_after"] = reward.metrics(*reward.score_rows(model, eval_rows, head))
   print("[prm] held-out after: " + _fmt(summary["metrics_after"]))
-  if jax.process_index() == 0:
-    if cfg.export_hf:
-      save_pretrained(model, os.path.join(workdir, "hf"))
-      if p.value_head:
-        np.savez(os.path.join(workdir, "hf", "value_head.npz"),
-                 **jax.device_get(model.params["value_head"]))
-      summary["hf_dir"] = os.path.join(workdir, "hf")
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
-  return summary
+  return model, summary
 
 
 def _fmt(m: dict) -> str:

@@ -282,7 +282,7 @@ def _default_methods(problems: Sequence[Problem]) -> list[str]:
 
 
 def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[str] | None = None,
-             equal: Equal | None = None) -> dict:
+             equal: Equal | None = None, per_problem: bool = False) -> dict:
   """Accuracy of each method for each N, over the first N candidates of every problem.
 
   methods: names from METHODS: "prm_<agg>" (best-of-N by an aggregation),
@@ -314,8 +314,8 @@ def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[s
   if unknown:
     raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
   equal = equal or _default_equal()
-  correct_total = {m: {n: 0.0 for n in ns} for m in methods}
-  for p in problems:
+  hits = {m: {n: np.zeros(len(problems)) for n in ns} for m in methods}
+  for i, p in enumerate(problems):
     cands = p.candidates
     if not cands:
       continue
@@ -343,14 +343,16 @@ def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[s
           hit = float(g >= 0 and rep_correct[g])
         else:
           hit = float(correct[int(np.argmax(keys[m.removeprefix("prm_")][:k]))])
-        correct_total[m][n] += hit
+        hits[m][n][i] = hit
   return {
-      "accuracy": {m: {n: v / len(problems) for n, v in correct_total[m].items()} for m in methods},
+      "accuracy": {m: {n: float(v.mean()) for n, v in hits[m].items()} for m in methods},
       "n_problems": len(problems),
       "n_candidates": sum(len(p.candidates) for p in problems),
       "no_candidates": sum(not p.candidates for p in problems),
       "unparseable": sum(c.answer is None for p in problems for c in p.candidates),
       "short": {n: sum(0 < len(p.candidates) < n for p in problems) for n in ns},
+      **({"hits": {m: {n: v.tolist() for n, v in hits[m].items()} for m in methods}}
+         if per_problem else {}),
   }
 
 
