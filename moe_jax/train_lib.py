@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from moe_jax import config as model_config
 from moe_jax import esft, input_pipeline, sharding
@@ -169,10 +170,37 @@ class Data:
   rows: int
 
 
+def process0_first(name: str, fn):
+  """fn() on process 0, then (after a barrier) on the others: for work on a shared disk."""
+  if jax.process_count() == 1:
+    return fn()
+  out = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"moe_jax:{name}")
+  return out if jax.process_index() == 0 else fn()
+
+
+def to_host(tree):
+  """numpy copies of (possibly multi-host sharded) arrays, the same on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def global_rows(batch: dict) -> dict:
+  """The whole global batch on every process, from each process's share (host numpy)."""
+  if jax.process_count() == 1:
+    return batch
+  return {k: np.asarray(multihost_utils.process_allgather(np.asarray(v), tiled=True))
+          for k, v in batch.items()}
+
+
 def load_data(data_cfg, tokenizer, seed: int, data_dir: str) -> Data:
   files = [resolve_data_path(p) for p in data_cfg.train_files]
-  sources = input_pipeline.prepare(files, tokenizer, data_cfg.tokenizer, data_cfg.seq_len,
-                                   data_cfg.eval_fraction, data_dir, data_cfg.max_examples, seed)
+  # Process 0 writes the ArrayRecord files; the others then find them (shared disk) or write
+  # their own copy (one disk per host), never racing on one directory.
+  sources = process0_first("prepare_data", lambda: input_pipeline.prepare(
+      files, tokenizer, data_cfg.tokenizer, data_cfg.seq_len, data_cfg.eval_fraction, data_dir,
+      data_cfg.max_examples, seed))
   pi, pc = jax.process_index(), jax.process_count()
   bs = data_cfg.batch_size
   train = input_pipeline.batches(sources["train"], bs, seed, True, pi, pc)
@@ -200,7 +228,10 @@ def _rules(cfg):
 
 
 def _meta(mcfg: model_config.ModelConfig, spec: esft.TrainableSpec) -> dict:
-  model = dataclasses.asdict(mcfg)
+  # Canonical form (as config.json reads back), so a model built from the config and the same
+  # model reloaded from its export compare equal.
+  canon = model_config.ModelConfig.from_hf_dict(mcfg.to_hf_dict()).replace(**_own_fields(mcfg))
+  model = dataclasses.asdict(canon)
   for field in ("dispatch", "capacity_factor", "dtype"):  # compute-only: may change on resume
     model.pop(field)
   return {"model": model, "trainable": spec.to_expert_config() if spec.mode == "esft" else "fft"}
@@ -257,9 +288,10 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: 
     init_shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, buffers, opt_shape)
     state, data_state = ckpt.restore(latest, abstract(init_shapes, state_sh), meta)
   else:
-    placed = jax.device_put(params, param_sh)
+    # Copies: the step donates its state, and the caller's model must survive it.
+    placed = jax.device_put(params, param_sh, may_alias=False)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=placed,
-                       buffers=jax.device_put(buffers, buffer_sh),
+                       buffers=jax.device_put(buffers, buffer_sh, may_alias=False),
                        opt_state=jax.jit(tx.init, out_shardings=opt_sh)(placed))
   return Run(state, state_sh, sharding.batch_sharding(mesh, 2, rules), tx, ckpt, meta, data_state,
              summary)
@@ -341,8 +373,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: esft
   writer.write(cfg.num_train_steps, {"eval_loss": summary["eval_loss_after"]})
   writer.close()
   print(f"[{name}] eval loss after training: {summary['eval_loss_after']:.4f}")
-  params = jax.device_get(esft.merge(state.params, spec, mcfg))
-  variables = {"params": params, **({"buffers": jax.device_get(state.buffers)} if buffers else {})}
+  params = to_host(esft.merge(state.params, spec, mcfg))
+  variables = {"params": params, **({"buffers": to_host(state.buffers)} if buffers else {})}
   return Model(mcfg, variables), summary
 
 
@@ -364,7 +396,7 @@ def base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
   done = os.path.join(pre_dir, "hf")
   if os.path.exists(os.path.join(done, "config.json")):
     print(f"[pretrain] using the finished base model in {done}")
-    return from_pretrained(done, **_compute_fields(mcfg))
+    return from_pretrained(done, **_own_fields(mcfg))
   pre_cfg = ml_collections.ConfigDict(cfg.to_dict())
   pre_cfg.unlock()
   pre_cfg.num_train_steps = pre.num_train_steps
@@ -378,8 +410,10 @@ def base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
   return model
 
 
-def _compute_fields(mcfg: model_config.ModelConfig) -> dict:
-  return {"dispatch": mcfg.dispatch, "capacity_factor": mcfg.capacity_factor}
+def _own_fields(mcfg: model_config.ModelConfig) -> dict:
+  """The ModelConfig fields config.json does not hold (compute and balance settings)."""
+  return {k: getattr(mcfg, k) for k in ("dispatch", "capacity_factor", "dtype", "param_dtype",
+                                        "device_aux_loss_alpha", "n_balance_devices")}
 
 
 def select_experts(cfg, workdir: str, model: Model, data: Data) -> esft.TrainableSpec:
@@ -391,7 +425,9 @@ def select_experts(cfg, workdir: str, model: Model, data: Data) -> esft.Trainabl
     return esft.TrainableSpec.from_expert_config(expert_cfg, mcfg, e.train_shared_experts,
                                                  e.train_non_expert_modules)
   n_batches = -(-e.n_score_tokens // (cfg.data.batch_size * cfg.data.seq_len))
-  scores = esft.score_experts(model, (data.train[i] for i in range(n_batches)), e.n_score_tokens)
+  # Every process scores the same global batches, so all select the same experts.
+  scores = esft.score_experts(model, (global_rows(data.train[i]) for i in range(n_batches)),
+                              e.n_score_tokens)
   expert_cfg = esft.select_experts(scores.get(e.score_function), e.top_p,
                                    shared_experts=e.train_shared_experts,
                                    non_expert_modules=e.train_non_expert_modules)
