@@ -90,3 +90,37 @@ def esft_config(score_function: str, top_p: float) -> ml_collections.ConfigDict:
   c.eval_every = 100
   c.checkpoint_every = 100
   return c
+
+
+def ppo_config() -> ml_collections.ConfigDict:
+  """Step-by-step PPO (moe_jax.prm.ppo): the PPO fields and their defaults (spec C4)."""
+  c = base_config()
+  c.task = "ppo"
+  c.ppo = ml_collections.ConfigDict(dict(
+      prompts_file="assets:gsm8k_train_sample.jsonl",  # GSM8K JSONL: questions and gold answers
+      reward_model="",  # HF directory of the PRM/ORM (not needed for "outcome")
+      reward_mode="prm",  # "prm", "prm_final", "orm" or "outcome"
+      step_reward="delta",  # "prm": "raw", "centered", "delta" or "min_so_far" (see moe_jax.prm.ppo)
+      aggregate="min",  # "prm_final": how step scores become one
+      tag=" ки", good="+", bad="-",  # the reward model's step tag and label tokens
+      kl_coef=0.04,  # the paper's per-token KL penalty against the start policy
+      gamma=1.0, lam=0.95,  # GAE
+      clip=0.2, value_clip=0.2, vf_coef=0.5, ent_coef=0.0, whiten=True,
+      epochs=2,  # passes over each batch of rollouts
+      minibatch_size=8,  # 0 = the whole batch
+      temperature=1.0,  # rollout sampling
+      prompt_len=256,  # prompts are left-padded to this many tokens
+      max_new_tokens=192,
+  ))
+  c.data.tokenizer = "byte"
+  c.data.batch_size = 16  # rollouts per iteration
+  c.data.eval_fraction = 0.1  # held-out prompts for greedy accuracy before and after
+  c.optimizer.learning_rate = 1e-5
+  c.optimizer.schedule = "cosine"
+  c.optimizer.final_lr_fraction = 0.01
+  c.optimizer.weight_decay = 0.0
+  c.num_train_steps = 20  # PPO iterations
+  c.log_every = 1
+  c.eval_every = 0
+  c.checkpoint_every = 5
+  return c

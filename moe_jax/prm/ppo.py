@@ -311,19 +311,26 @@ def reward_model_fn(rm: Model, tokenizer, questions: Sequence[str], mode: str,
   "prm": transformed step scores on each step's last token; "prm_final": the
   `aggregate` ("min", "prod", ...) of the step scores on the last token; "orm":
   the score of the final step tag (an ORM trained on final labels only). A
-  response with no steps gets `no_steps`.
+  response with no steps gets `no_steps`. The tag's text inside a step is
+  dropped before scoring.
   """
   if mode not in ("prm", "prm_final", "orm"):
     raise ValueError(f"ppo.reward_mode: {mode!r} needs no reward model or is unknown; "
                      f"reward models serve {('prm', 'prm_final', 'orm')}")
 
+  core = tag.strip()
+
   def fn(r: Rollouts) -> np.ndarray:
-    items = [(questions[i], s) for i, s in zip(r.prompt_index, r.steps) if s]
+    # A policy can emit the tag's text itself; the PRM would read it as a step boundary.
+    kept = [[(c, e) for c, e in ((s.replace(core, "").strip(), e) for s, e in zip(steps, ends)) if c]
+            for steps, ends in zip(r.steps, r.step_ends)]
+    items = [(questions[i], [c for c, _ in k]) for i, k in zip(r.prompt_index, kept) if k]
     scores = iter(scoring.score_solutions(rm, tokenizer, items, tag, good, bad, value_head,
                                           batch_size=batch_size))
-    per = [next(scores) if s else [] for s in r.steps]
+    per = [next(scores) if k else [] for k in kept]
     if mode == "prm":
-      return place_rewards([transform_step_scores(s, step_reward) for s in per], r.step_ends, r.mask)
+      return place_rewards([transform_step_scores(s, step_reward) for s in per],
+                           [[e for _, e in k] for k in kept], r.mask)
     if mode == "prm_final":
       vals = [verify.aggregate(s, aggregate) if s else no_steps for s in per]
     else:
@@ -377,7 +384,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, policy: Model, spec: esf
   bs, mb = cfg.data.batch_size, p.minibatch_size or cfg.data.batch_size
   if bs % mb:
     raise ValueError(f"config.ppo.minibatch_size={mb} does not divide config.data.batch_size={bs}")
-  ref = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), policy.params)  # never donated
+  ref = policy.params  # the frozen reference (start_run copies what it trains)
   params = {**policy.params, "value_head": policy.params.get(
       "value_head", reward.init_value_head(policy.config.hidden_size))}
   model = Model(policy.config, {**policy.variables, "params": params})

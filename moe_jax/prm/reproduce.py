@@ -1,0 +1,636 @@
+"""An offline reproduction of Math-Shepherd's findings on ArithChain (spec E), end to end on CPU.
+
+    python -m moe_jax.prm.reproduce --out DIR [--quick]
+
+1. SFT a small DeepSeekMoE on ArithChain gold solutions: a weak checkpoint,
+   then a strong one trained further (generator and completer);
+2. sample candidates for the RM-train problems and label every step
+   automatically with hard (HE) and soft (SE) estimation from completer
+   rollouts; score the labels against the exact checker's, by N (nested
+   subsampling), for the strong and the weak completer;
+3. train an ORM, a PRM on HE labels, a PRM on SE labels and an oracle PRM on
+   exact labels, all from the strong SFT model;
+4. best-of-N on held-out problems (and longer, out-of-distribution ones) for
+   N up to 64: random, majority vote, ORM, each PRM (and each aggregation),
+   SC + PRM, pass@N, with paired bootstrap confidence intervals;
+5. step-by-step PPO (PRM-HE step rewards) against ORM-PPO from the same start;
+   greedy accuracy before and after.
+
+Writes DIR/RESULTS.md (tables, verdicts), DIR/results.json and
+DIR/accuracy_vs_n.png. Every stage is cached in DIR, so an interrupted run
+continues where it stopped. The paper's directions are the hypotheses; the
+report states what was measured, whichever way it went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from moe_jax import config as model_config
+from moe_jax import esft, input_pipeline, train_config, train_lib
+from moe_jax.hf import from_pretrained, save_pretrained
+from moe_jax.model import Model, init_variables
+from moe_jax.prm import annotate, arith, gsm8k, ppo, reward, scoring, training, verify
+from moe_jax.prm.data import Example
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  hidden: int
+  layers: int
+  n_sft: int
+  weak_steps: int  # SFT steps of the weak model
+  strong_steps: int  # further steps from the weak model to the strong one
+  batch: int
+  seq_len: int
+  n_dev: int
+  n_rm: int  # RM-train problems
+  n_cand: int  # candidates sampled per RM-train problem
+  n_label: int  # rollouts per prefix for the training labels
+  n_val: int  # RM-train problems whose labels are validated
+  n_val_max: int  # rollouts per prefix on the validation subset
+  rm_steps: int
+  n_test: int
+  n_test_cand: int
+  n_ood: int
+  ns: tuple[int, ...]
+  ppo_iters: int
+  ppo_batch: int
+  gen_batch: int  # rows per compiled generate call
+  bootstrap: int
+
+
+def plan(quick: bool) -> Plan:
+  if quick:
+    return Plan(64, 2, 400, 10, 20, 4, 192, 8, 8, 4, 4, 3, 4, 6, 6, 8, 4, (1, 4, 8), 2, 8, 32, 200)
+  return Plan(128, 3, 20000, 150, 450, 32, 192, 200, 300, 8, 8, 60, 16, 150, 500, 64, 150,
+              (1, 4, 16, 64), 25, 32, 256, 2000)
+
+
+def model_config_for(p: Plan, vocab: int) -> model_config.ModelConfig:
+  """A small MLA DeepSeekMoE: 1 dense layer, then 8 fine-grained experts (top-2) + 1 shared."""
+  return model_config.tiny(vocab_size=vocab, hidden_size=p.hidden,  # no ids the tokenizer lacks
+                           num_hidden_layers=p.layers, num_attention_heads=4,
+                           intermediate_size=3 * p.hidden, moe_intermediate_size=p.hidden,
+                           n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                           kv_lora_rank=p.hidden // 4, qk_nope_head_dim=p.hidden // 8,
+                           qk_rope_head_dim=p.hidden // 8, v_head_dim=p.hidden // 4,
+                           first_k_dense_replace=1, max_position_embeddings=384)
+
+
+def _cfg(p: Plan, steps: int, lr: float, seed: int = 0) -> ml_collections.ConfigDict:
+  c = train_config.base_config()
+  c.unlock()
+  c.seed = seed
+  c.data.tokenizer = "arith"
+  c.data.seq_len, c.data.batch_size = p.seq_len, p.batch
+  c.data.eval_fraction = 0.02
+  c.optimizer.update(learning_rate=lr, schedule="cosine", warmup_steps=max(1, steps // 20),
+                     weight_decay=0.0)
+  c.num_train_steps = steps
+  c.log_every = max(1, steps // 10)
+  c.eval_every = 0
+  c.checkpoint_every = max(50, steps // 4)
+  c.keep_checkpoints = 1
+  c.export_hf = False
+  return c
+
+
+def _json(path: str, fn):
+  """fn()'s result, cached as JSON at path."""
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  value = fn()
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f)
+  os.replace(tmp, path)
+  return value
+
+
+def _model(path: str, fn) -> Model:
+  """fn()'s model, cached as a Hugging Face directory at path."""
+  if os.path.exists(os.path.join(path, "config.json")):
+    return from_pretrained(path)
+  model = fn()
+  save_pretrained(model, path)
+  return model
+
+
+# -- 1. generator / completer -------------------------------------------------------
+
+def sft(p: Plan, out: str, tok, problems: Sequence[arith.Problem]) -> tuple[Model, Model]:
+  mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
+  path = os.path.join(out, "data", "sft.jsonl")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if not os.path.exists(path):
+    with open(path, "w", encoding="utf-8") as f:
+      for q in problems:
+        f.write(json.dumps({"messages": arith.chat_example(q)}) + "\n")
+
+  def run(name, model, steps, lr):
+    cfg = _cfg(p, steps, lr)
+    cfg.data.train_files = (path,)
+    data = train_lib.load_data(cfg.data, tok, cfg.seed, os.path.join(out, "data", "tfds"))
+    trained, _ = train_lib.train(cfg, os.path.join(out, "work", name), model, esft.TrainableSpec(),
+                                 data, mesh, name=name)
+    return trained
+
+  mcfg = model_config_for(p, tok.vocab_size)
+  weak = _model(os.path.join(out, "models", "weak"),
+                lambda: run("sft_weak", Model(mcfg, init_variables(mcfg, 0)), p.weak_steps, 3e-3))
+  strong = _model(os.path.join(out, "models", "strong"),
+                  lambda: run("sft_strong", weak, p.strong_steps, 2e-3))
+  return weak, strong
+
+
+# -- sampling -----------------------------------------------------------------------
+
+def _max_new(k: int) -> int:
+  return -(-(14 * k + 12) // 8) * 8  # a gold step is <= 13 tokens; the answer adds ~8
+
+
+def sample(model: Model, tok, problems: Sequence[arith.Problem], n: int, temperature: float,
+           seed: int, p: Plan, prompt_len: int) -> list[list[list[str]]]:
+  """n sampled solutions (step lists) per problem, generated in batches grouped by K."""
+  out = [[None] * n for _ in problems]
+  by_k = defaultdict(list)
+  for i, q in enumerate(problems):
+    by_k[q.k].extend((i, j) for j in range(n))
+  questions = [q.question for q in problems]
+  for k, jobs in sorted(by_k.items()):
+    for s in range(0, len(jobs), p.gen_batch):
+      chunk = jobs[s:s + p.gen_batch]
+      idx = np.asarray([i for i, _ in chunk] + [chunk[-1][0]] * (p.gen_batch - len(chunk)))
+      r = ppo.rollout(model, tok, questions, idx, prompt_len, _max_new(k), temperature,
+                      seed=seed + 7919 * k + s)
+      for (i, j), steps in zip(chunk, r.steps):
+        # The step tag is in the vocabulary (PRM inputs need it); a sampled one is noise.
+        out[i][j] = [t for t in (x.replace(arith.STEP_TAG, "").strip() for x in steps) if t]
+  return out
+
+
+def _answer(steps: Sequence[str]) -> str | None:
+  return gsm8k.extract_answer(steps[-1]) if steps else None
+
+
+def _prompt_len(tok, problems) -> int:
+  n = max(len(tok.encode(ppo.prompt_text(q.question))) + 1 for q in problems)
+  return -(-n // 16) * 16
+
+
+def accuracy(model: Model, tok, problems, p: Plan, prompt_len: int, temperature: float = 0.0,
+             seed: int = 0) -> float:
+  sols = sample(model, tok, problems, 1, temperature, seed, p, prompt_len)
+  return float(np.mean([gsm8k.answers_equal(_answer(s[0]), str(q.answer))
+                        for s, q in zip(sols, problems)]))
+
+
+# -- 2. automatic labels ------------------------------------------------------------
+
+def rollout_outcomes(completer_model: Model, tok, problems, prefixes: list[tuple[int, tuple]],
+                     n: int, p: Plan, seed: int) -> np.ndarray:
+  """bool [len(prefixes), n]: does each of n completions of each (problem, steps) prefix reach the answer."""
+  out = np.zeros((len(prefixes), n), bool)
+  by_rest = defaultdict(list)
+  for j, (i, steps) in enumerate(prefixes):
+    by_rest[max(problems[i].k - len(steps), 1)].append(j)
+  for rest, js in sorted(by_rest.items()):
+    complete = annotate.model_completer(completer_model, tok, _max_new(rest), 1.0, seed + rest,
+                                        batch_size=p.gen_batch)
+    texts = complete([annotate.prefix_prompt(problems[prefixes[j][0]].question, prefixes[j][1])
+                      for j in js], n)
+    for a, j in enumerate(js):
+      gold = str(problems[prefixes[j][0]].answer)
+      out[j] = [gsm8k.answers_equal(gsm8k.extract_answer(t), gold) for t in texts[a * n:(a + 1) * n]]
+  return out
+
+
+def label_candidates(cands, problems, outcomes: dict, n: int, rng=None) -> list[dict]:
+  """HE/SE labels per step from the first n (or a random n, given rng) rollouts, and exact labels."""
+  rows = []
+  for i, sols in enumerate(cands):
+    q = problems[i]
+    for steps in sols:
+      he, se = [], []
+      for s in range(len(steps) - 1):
+        o = outcomes[(i, tuple(steps[:s + 1]))]
+        o = o[rng.choice(len(o), n, replace=False)] if rng is not None else o[:n]
+        he.append(float(o.any()))
+        se.append(float(o.mean()))
+      last = float(gsm8k.answers_equal(_answer(steps), str(q.answer)))
+      rows.append({"problem": i, "steps": steps, "hard": he + [last], "soft": se + [last],
+                   "exact": arith.oracle_labels(q, steps)})
+  return rows
+
+
+def label_quality(rows: list[dict]) -> dict:
+  """HE and SE against exact labels over all (solution, step) pairs."""
+  g = np.asarray([x for r in rows for x in r["exact"]]) >= 0.5
+  he = np.asarray([x for r in rows for x in r["hard"]]) >= 0.5
+  se = np.clip(np.asarray([x for r in rows for x in r["soft"]]), 0.01, 0.99)
+  nan = float("nan")
+  tpr = (he & g).sum() / g.sum() if g.any() else nan  # rates of a class that is absent are nan
+  tnr = (~he & ~g).sum() / (~g).sum() if (~g).any() else nan
+  return {"steps": int(len(g)), "bad_share": float((~g).mean()),
+          "he_accuracy": float((he == g).mean()), "he_balanced_accuracy": float((tpr + tnr) / 2),
+          "he_false_positive_rate": float(1 - tnr), "he_false_negative_rate": float(1 - tpr),
+          "se_cross_entropy": float(-np.mean(g * np.log(se) + (~g) * np.log(1 - se))),
+          "se_brier": float(np.mean((se - g) ** 2)), "se_auc": reward.roc_auc(se, g)}
+
+
+def quality_by_n(cands, problems, outcomes, ns, draws: int = 20) -> dict:
+  """label_quality for each N, averaged over `draws` random N-subsets of the rollouts."""
+  out = {}
+  for n in ns:
+    rng = np.random.default_rng(n)
+    qs = [label_quality(label_candidates(cands, problems, outcomes, n, rng)) for _ in range(draws)]
+    out[n] = {k: float(np.mean([q[k] for q in qs])) for k in qs[0]}
+  return out
+
+
+# -- 3. reward models ---------------------------------------------------------------
+
+def _rm_cfg(p: Plan, orm: bool, label: str) -> ml_collections.ConfigDict:
+  c = _cfg(p, p.rm_steps, 1e-3)
+  c.task = "prm"
+  c.data.seq_len = 256
+  c.prm = ml_collections.ConfigDict(dict(train_file="", tag=" ки", good="+", bad="-", label=label,
+                                         orm=orm, value_head=False))
+  return c
+
+
+def train_rms(p: Plan, out: str, strong: Model, tok, rows: list[dict], problems) -> dict[str, Model]:
+  # Hold out the last problems' solutions: 10%, or more where that cannot fill a batch.
+  cut = max(1, int(0.9 * len(problems)))
+  while cut > 1 and sum(r["problem"] >= cut for r in rows) < 4 * p.batch:
+    cut -= 1
+  specs = {"orm": ("hard", True), "prm_he": ("hard", False), "prm_se": ("soft", False),
+           "prm_oracle": ("exact", False)}
+  mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
+  models = {}
+  for name, (key, orm) in specs.items():
+    def fit(key=key, orm=orm, name=name):
+      exs = [(r["problem"], Example(problems[r["problem"]].question, r["steps"], r[key])) for r in rows]
+      train_ex = [e for i, e in exs if i < cut]
+      eval_ex = [e for i, e in exs if i >= cut]
+      cfg = _rm_cfg(p, orm, "hard" if key == "hard" else "soft")
+      model, summary = training.fit(cfg, os.path.join(out, "work", name), strong, tok, train_ex,
+                                    eval_ex, mesh, name)
+      with open(os.path.join(out, "work", name, "summary.json"), "w") as f:
+        json.dump(summary, f)
+      return model
+    models[name] = _model(os.path.join(out, "models", name), fit)
+  return models
+
+
+# -- 4. best-of-N -------------------------------------------------------------------
+
+def score_all(rm: Model, tok, problems, cands) -> list[list[list[float]]]:
+  items = [(problems[i].question, s) for i, sols in enumerate(cands) for s in sols if s]
+  flat = iter(scoring.score_solutions(rm, tok, items, seq_len=384, batch_size=32))
+  return [[next(flat) if s else [0.0] for s in sols] for sols in cands]
+
+
+def verification(problems, cands, scores: dict, ns, p: Plan) -> dict:
+  """Accuracy by method and N, with bootstrap CIs and paired differences."""
+  golds = [str(q.answer) for q in problems]
+
+  def vproblems(prm: str):
+    return [verify.Problem(g, [verify.Candidate(_answer(s), scores[prm][i][j],
+                                                orm_score=scores["orm"][i][j][-1])
+                               for j, s in enumerate(sols)])
+            for i, (g, sols) in enumerate(zip(golds, cands))]
+
+  table = {}
+  base = verify.evaluate(vproblems("prm_he"), ns, [f"prm_{a}" for a in verify.AGGREGATIONS]
+                         + ["prm_min+vote", "majority", "orm", "orm+vote", "random", "pass@n"],
+                         per_problem=True)
+  for m, v in base["hits"].items():
+    table["prm_he" + m[3:] if m.startswith("prm_") else m] = v
+  for prm in ("prm_se", "prm_oracle"):
+    r = verify.evaluate(vproblems(prm), ns, ["prm_min", "prm_min+vote"], per_problem=True)
+    table[prm + "_min"], table[prm + "_min+vote"] = r["hits"]["prm_min"], r["hits"]["prm_min+vote"]
+  rng = np.random.default_rng(0)
+  boot = rng.integers(0, len(problems), size=(p.bootstrap, len(problems)))
+  acc = {m: {n: _ci(np.asarray(h[n]), boot) for n in ns} for m, h in table.items()}
+  pairs = [("prm_he_min", "orm"), ("prm_he_min", "majority"), ("orm", "majority"),
+           ("majority", "random"), ("prm_se_min", "prm_he_min"), ("prm_oracle_min", "prm_he_min"),
+           ("prm_he_min+vote", "prm_he_min")]
+  diffs = {f"{a} - {b}": {n: _ci(np.asarray(table[a][n]) - np.asarray(table[b][n]), boot) for n in ns}
+           for a, b in pairs}
+  return {"accuracy": acc, "differences": diffs, "hits": table}
+
+
+def _ci(x: np.ndarray, boot: np.ndarray) -> list[float]:
+  """[mean, low, high] with a 95% percentile bootstrap over problems."""
+  means = x[boot].mean(1)
+  return [float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def by_k(problems, hits: dict, n: int, buckets) -> dict:
+  out = {}
+  for name, ks in buckets.items():
+    sel = np.asarray([q.k in ks for q in problems])
+    if sel.any():
+      out[name] = {m: float(np.asarray(h[n])[sel].mean()) for m, h in hits.items()} | {"problems": int(sel.sum())}
+  return out
+
+
+def rm_step_metrics(problems, cands, scores) -> dict:
+  """Each RM's step classification against the exact labels, over all test candidates."""
+  g = [x for i, sols in enumerate(cands) for s in sols if s for x in arith.oracle_labels(problems[i], s)]
+  out = {}
+  for name, sc in scores.items():
+    probs = [x for i, sols in enumerate(cands) for j, s in enumerate(sols) if s for x in sc[i][j]]
+    out[name] = reward.metrics(np.asarray(probs), np.asarray(g))
+  return out
+
+
+# -- 5. PPO ---------------------------------------------------------------------------
+
+def ppo_runs(p: Plan, out: str, strong: Model, rms: dict, tok, problems, test, prompt_len) -> dict:
+  questions = [q.question for q in problems]
+  results = {"before": accuracy(strong, tok, test, p, prompt_len)}
+  mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
+  for name, fn in (("step_ppo", ppo.reward_model_fn(rms["prm_he"], tok, questions, "prm", "delta")),
+                   ("orm_ppo", ppo.reward_model_fn(rms["orm"], tok, questions, "orm"))):
+    def run(fn=fn, name=name):
+      c = train_config.ppo_config()
+      c.unlock()
+      c.ppo.update(prompt_len=prompt_len, max_new_tokens=_max_new(6), minibatch_size=p.ppo_batch // 2,
+                   epochs=2)
+      c.data.batch_size = p.ppo_batch
+      c.optimizer.update(learning_rate=1e-4, warmup_steps=2)
+      c.num_train_steps = p.ppo_iters
+      c.checkpoint_every = 5
+      c.keep_checkpoints = 1
+      model, summary = ppo.train(c, os.path.join(out, "work", name), strong, esft.TrainableSpec(), tok,
+                                 questions, fn, mesh, name=name)
+      return {"accuracy": accuracy(model, tok, test, p, prompt_len),
+              "history": summary["history"]}
+    results[name] = _json(os.path.join(out, f"{name}.json"), run)
+  return results
+
+
+# -- the study -------------------------------------------------------------------------
+
+def run_study(out: str, quick: bool) -> dict:
+  os.makedirs(out, exist_ok=True)
+  p = plan(quick)
+  t0 = time.time()
+  tok = arith.ArithTokenizer()
+  splits = {"sft": arith.make_split("sft", p.n_sft), "dev": arith.make_split("dev", p.n_dev),
+            "rm": arith.make_split("rm_train", p.n_rm), "test": arith.make_split("test", p.n_test),
+            "ood": arith.make_split("ood", p.n_ood, ks=(7, 8))}
+  prompt_len = _prompt_len(tok, [q for s in splits.values() for q in s])
+  timings = {}
+
+  def stage(name):
+    timings[name] = round(time.time() - t0, 1)
+    print(f"[reproduce] {name} ({timings[name]:.0f} s)", flush=True)
+
+  weak, strong = sft(p, out, tok, splits["sft"])
+  stage("sft done")
+  calib = _json(os.path.join(out, "calibration.json"), lambda: {
+      name: {"greedy": accuracy(m, tok, splits["dev"], p, prompt_len),
+             "sampled": accuracy(m, tok, splits["dev"], p, prompt_len, 1.0, 1)}
+      for name, m in (("weak", weak), ("strong", strong))})
+  print(f"[reproduce] dev accuracy: {calib}")
+  rm_cands = _json(os.path.join(out, "rm_candidates.json"), lambda: [
+      [list(s) for s in dict.fromkeys(tuple(s) for s in sols if s)]  # deduplicated, as in the paper
+      for sols in sample(strong, tok, splits["rm"], p.n_cand, 1.0, 11, p, prompt_len)])
+  stage("candidates sampled")
+  prefixes = sorted({(i, tuple(s[:k + 1])) for i, sols in enumerate(rm_cands) for s in sols
+                     for k in range(len(s) - 1)})
+  val = [pf for pf in prefixes if pf[0] < p.n_val]
+
+  def outcomes(model, pfs, n, seed):
+    o = rollout_outcomes(model, tok, splits["rm"], pfs, n, p, seed)
+    return {"prefixes": [[i, list(s)] for i, s in pfs], "outcomes": o.tolist()}
+
+  strong_o = _json(os.path.join(out, "rollouts_strong.json"),
+                   lambda: outcomes(strong, prefixes, p.n_label, 101))
+  strong_val = _json(os.path.join(out, "rollouts_strong_val.json"),
+                     lambda: outcomes(strong, val, p.n_val_max, 202))
+  weak_val = _json(os.path.join(out, "rollouts_weak_val.json"),
+                   lambda: outcomes(weak, val, p.n_val_max, 303))
+  stage("annotation done")
+  as_map = lambda d: {(i, tuple(s)): np.asarray(o, bool) for (i, s), o in zip(d["prefixes"], d["outcomes"])}
+  rows = label_candidates(rm_cands, splits["rm"], as_map(strong_o), p.n_label)
+  val_cands = rm_cands[:p.n_val]
+  ns_label = [n for n in (1, 2, 4, 8, 16, 32) if n <= p.n_val_max]
+  labels = {"train_quality": label_quality(rows),
+            "by_n": {"strong": quality_by_n(val_cands, splits["rm"], as_map(strong_val), ns_label),
+                     "weak": quality_by_n(val_cands, splits["rm"], as_map(weak_val), ns_label)},
+            "solutions": len(rows), "prefixes": len(prefixes),
+            "right_answer_wrong_process": float(np.mean(
+                [r["hard"][-1] == 1.0 and min(r["exact"]) == 0.0 for r in rows]))}
+  rms = train_rms(p, out, strong, tok, rows, splits["rm"])
+  stage("reward models trained")
+  test_cands = _json(os.path.join(out, "test_candidates.json"), lambda: sample(
+      strong, tok, splits["test"], p.n_test_cand, 1.0, 23, p, prompt_len))
+  ood_cands = _json(os.path.join(out, "ood_candidates.json"), lambda: sample(
+      strong, tok, splits["ood"], p.n_test_cand, 1.0, 29, p, prompt_len))
+  stage("test candidates sampled")
+  scores = _json(os.path.join(out, "test_scores.json"), lambda: {
+      name: score_all(m, tok, splits["test"], test_cands) for name, m in rms.items()})
+  ood_scores = _json(os.path.join(out, "ood_scores.json"), lambda: {
+      name: score_all(m, tok, splits["ood"], ood_cands) for name, m in rms.items()})
+  stage("candidates scored")
+  bon = verification(splits["test"], test_cands, scores, p.ns, p)
+  ood = verification(splits["ood"], ood_cands, scores=ood_scores, ns=p.ns, p=p)
+  n_max = p.ns[-1]
+  result = {
+      "quick": quick, "plan": dataclasses.asdict(p), "jax": jax.__version__,
+      "devices": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
+      "model": dataclasses.asdict(weak.config),
+      "params": int(sum(x.size for x in jax.tree_util.tree_leaves(weak.params))),
+      "calibration": calib, "labels": labels,
+      "rm_summaries": {n: _read(os.path.join(out, "work", n, "summary.json")) for n in rms},
+      "rm_step_metrics": rm_step_metrics(splits["test"], test_cands, scores),
+      "bon": {k: v for k, v in bon.items() if k != "hits"},
+      "bon_by_k": by_k(splits["test"], bon["hits"], n_max, {"K 2-3": (2, 3), "K 4-5": (4, 5), "K 6": (6,)}),
+      "ood": {k: v for k, v in ood.items() if k != "hits"},
+      "test_candidate_accuracy": float(np.mean([gsm8k.answers_equal(_answer(s), str(q.answer))
+                                                for q, sols in zip(splits["test"], test_cands)
+                                                for s in sols])),
+  }
+  stage("verification done")
+  result["ppo"] = ppo_runs(p, out, strong, rms, tok, splits["rm"], splits["test"], prompt_len)
+  stage("ppo done")
+  result["timings_s"] = timings
+  with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  plot(result, os.path.join(out, "accuracy_vs_n.png"))
+  with open(os.path.join(out, "RESULTS.md"), "w", encoding="utf-8") as f:
+    f.write(report(result))
+  print(f"[reproduce] wrote {os.path.join(out, 'RESULTS.md')} in {time.time() - t0:.0f} s")
+  return result
+
+
+def _read(path):
+  try:
+    with open(path, encoding="utf-8") as f:
+      s = json.load(f)
+    return {k: s[k] for k in ("metrics_before", "metrics_after", "eval_loss_after") if k in s}
+  except OSError:
+    return {}
+
+
+# -- the report --------------------------------------------------------------------------
+
+_SHOWN = ("random", "majority", "orm", "orm+vote", "prm_he_min", "prm_he_min+vote", "prm_se_min",
+          "prm_oracle_min", "pass@n")
+
+
+def plot(r: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, key, title in ((axes[0], "bon", "test (K 2-6)"), (axes[1], "ood", "longer problems (K 7-8)")):
+    acc = r[key]["accuracy"]
+    for m in _SHOWN:
+      ns = sorted(int(n) for n in acc[m])
+      ax.plot(ns, [100 * acc[m][n if n in acc[m] else str(n)][0] for n in ns], marker="o", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (candidates per problem)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"best-of-N, {title}")
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _get(d: dict, n):
+  return d[n] if n in d else d[str(n)]
+
+
+def _pct(ci) -> str:
+  return f"{100 * ci[0]:.1f} [{100 * ci[1]:.1f}, {100 * ci[2]:.1f}]"
+
+
+def _verdict(ci, lower_better=False) -> str:
+  lo, hi = (-ci[2], -ci[1]) if lower_better else (ci[1], ci[2])
+  return "held" if lo > 0 else ("failed" if hi < 0 else "inconclusive")
+
+
+def report(r: dict) -> str:
+  p, ns = r["plan"], r["plan"]["ns"]
+  n_max = ns[-1]
+  lines = ["# Math-Shepherd, reproduced offline on ArithChain", "",
+           f"Produced by `python -m moe_jax.prm.reproduce`{' --quick' if r['quick'] else ''} "
+           f"(jax {r['jax']}, {r['devices']}, {r['cpus']} CPUs; {r['timings_s'].get('ppo done', 0) / 60:.0f} "
+           f"min). Models: a {r['params']:,}-parameter DeepSeekMoE (MLA, {p['layers']} layers, d={p['hidden']}, "
+           f"1 dense layer, 8 routed experts top-2 + 1 shared), word-level tokens. Data: ArithChain "
+           f"(moe_jax.prm.arith), generated here, seen by no other model. 95% intervals are "
+           f"percentile bootstraps over problems ({p['bootstrap']} resamples, paired for differences).",
+           "", "## 1. Generator and completer", "",
+           f"SFT on {p['n_sft']:,} gold solutions: weak = {p['weak_steps']} steps, strong = weak + "
+           f"{p['strong_steps']} steps (batch {p['batch']} rows of {p['seq_len']}).", "",
+           "| model | dev greedy | dev sampled (T=1) |", "|---|---|---|"]
+  for name, c in r["calibration"].items():
+    lines.append(f"| {name} | {100 * c['greedy']:.1f}% | {100 * c['sampled']:.1f}% |")
+  lines.append(f"\nThe spec's calibration window is 35-70% greedy / 25-60% sampled; mean accuracy of the "
+               f"test candidates (T=1): {100 * r['test_candidate_accuracy']:.1f}%.")
+  lab = r["labels"]
+  lines += ["", "## 2. Automatic step labels vs exact labels", "",
+            f"{lab['solutions']:,} deduplicated candidate solutions ({p['n_cand']} samples x "
+            f"{p['n_rm']} RM-train problems), {lab['prefixes']:,} distinct step prefixes, "
+            f"{p['n_label']} strong-completer rollouts each. Right answer with a wrong process (exact): "
+            f"{100 * lab['right_answer_wrong_process']:.1f}% of solutions.", "",
+            f"Training labels (N={p['n_label']}): HE accuracy {100 * lab['train_quality']['he_accuracy']:.1f}%, "
+            f"balanced {100 * lab['train_quality']['he_balanced_accuracy']:.1f}%, false positives "
+            f"{100 * lab['train_quality']['he_false_positive_rate']:.1f}% of bad steps, false negatives "
+            f"{100 * lab['train_quality']['he_false_negative_rate']:.1f}% of good steps.", "",
+            f"By N on the validation subset ({p['n_val']} problems, nested random subsets of "
+            f"{p['n_val_max']} rollouts, 20 draws); the paper: HE 86% at N=4 (70B completer), 85.0% (13B):", "",
+            "| completer | N | HE acc | HE bal. acc | HE FP rate | HE FN rate | SE cross-entropy | SE Brier | SE AUC |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  for comp in ("strong", "weak"):
+    for n, q in lab["by_n"][comp].items():
+      lines.append(f"| {comp} | {n} | {100 * q['he_accuracy']:.1f}% | {100 * q['he_balanced_accuracy']:.1f}% | "
+                   f"{100 * q['he_false_positive_rate']:.1f}% | {100 * q['he_false_negative_rate']:.1f}% | "
+                   f"{q['se_cross_entropy']:.3f} | {q['se_brier']:.3f} | {q['se_auc']:.3f} |")
+  lines += ["", "## 3. Reward models (step classification of test candidates against exact labels)", "",
+            "| model | trained on | step acc | balanced acc | AUC | log-loss |", "|---|---|---|---|---|---|"]
+  what = {"orm": "final-answer labels only", "prm_he": "HE labels", "prm_se": "SE labels",
+          "prm_oracle": "exact labels"}
+  for name, m in r["rm_step_metrics"].items():
+    lines.append(f"| {name} | {what[name]} | {100 * m['accuracy']:.1f}% | {100 * m['balanced_accuracy']:.1f}% | "
+                 f"{m['auc']:.3f} | {m['log_loss']:.3f} |")
+  for key, title in (("bon", f"{p['n_test']} held-out problems (K 2-6)"),
+                     ("ood", f"{p['n_ood']} longer problems (K 7-8, never trained on)")):
+    acc = r[key]["accuracy"]
+    lines += ["", f"## 4. Best-of-N: {title}", "", "Accuracy % [95% CI]; PRMs aggregate steps by min "
+              "unless named.", "", "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
+              "|---|" + "---|" * len(ns)]
+    for m in list(_SHOWN) + [f"prm_he_{a}" for a in ("prod", "mean", "last", "max")]:
+      lines.append(f"| {m} | " + " | ".join(_pct(_get(acc[m], n)) for n in ns) + " |")
+    lines += ["", "Paired differences (points) [95% CI] and verdicts at the largest N:", "",
+              "| contrast | " + " | ".join(f"N={n}" for n in ns) + " | verdict |", "|---|" + "---|" * (len(ns) + 1)]
+    for c, d in r[key]["differences"].items():
+      lines.append(f"| {c} | " + " | ".join(_pct(_get(d, n)) for n in ns) + f" | {_verdict(_get(d, n_max))} |")
+  lines += ["", f"By problem length (test, N={n_max}):", "", "| K | problems | majority | orm | prm_he_min | prm_oracle_min | pass@n |",
+            "|---|---|---|---|---|---|---|"]
+  for name, v in r["bon_by_k"].items():
+    lines.append(f"| {name} | {v['problems']} | " + " | ".join(f"{100 * v[m]:.1f}" for m in
+                                                                ("majority", "orm", "prm_he_min", "prm_oracle_min", "pass@n")) + " |")
+  pp = r["ppo"]
+  lines += ["", "## 5. Step-by-step PPO vs ORM-PPO", "",
+            f"From the strong SFT model, {p['ppo_iters']} iterations x {p['ppo_batch']} rollouts on RM-train "
+            "questions, KL 0.04, GAE (1, 0.95), clip 0.2, lr 1e-4; step PPO uses PRM-HE's step scores as "
+            "`delta` rewards, ORM-PPO the ORM's score at the end. Greedy test accuracy:", "",
+            "| policy | greedy accuracy | final mean task reward | final KL |", "|---|---|---|---|",
+            f"| SFT (start) | {100 * pp['before']:.1f}% | | |"]
+  for name in ("step_ppo", "orm_ppo"):
+    h = pp[name]["history"][-1] if pp[name]["history"] else {}
+    lines.append(f"| {name} | {100 * pp[name]['accuracy']:.1f}% | {h.get('task_reward', float('nan')):.3f} | "
+                 f"{h.get('kl', float('nan')):.3f} |")
+  lines += ["", "## Hypotheses (the paper's directions) and what was measured", ""]
+  d = r["bon"]["differences"]
+  for claim, key in (("PRM > ORM (best-of-N)", "prm_he_min - orm"),
+                     ("ORM > majority vote", "orm - majority"),
+                     ("majority vote > random", "majority - random"),
+                     ("PRM > majority vote", "prm_he_min - majority")):
+    lines.append(f"- {claim} at N={n_max}: {_pct(_get(d[key], n_max))} points, **{_verdict(_get(d[key], n_max))}**.")
+  bs = lab["by_n"]["strong"]
+  ks = sorted(bs, key=int)
+  ce = [bs[k]["se_cross_entropy"] for k in ks]
+  he_fp = [bs[k]["he_false_positive_rate"] for k in ks]
+  lines.append(f"- Soft labels track exact labels better as N grows: SE cross-entropy by N {', '.join(f'{x:.3f}' for x in ce)} "
+               f"({'falls monotonically' if all(a >= b for a, b in zip(ce, ce[1:])) else 'not monotone'}); "
+               f"HE false-positive rate by N {', '.join(f'{100 * x:.1f}%' for x in he_fp)} "
+               f"({'rises' if he_fp[-1] > he_fp[0] else 'does not rise'}).")
+  delta = pp["step_ppo"]["accuracy"] - pp["orm_ppo"]["accuracy"]
+  lines.append(f"- Step PPO > ORM PPO: {100 * delta:+.1f} points of greedy accuracy (one seed each, "
+               f"{p['n_test']} problems; no interval, so exploratory as the spec warns).")
+  lines += ["", "Timings (s since start): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), ""]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m moe_jax.prm.reproduce", description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True, help="output directory (stages cached there)")
+  parser.add_argument("--quick", action="store_true", help="a tiny run in a few minutes (the test)")
+  args = parser.parse_args(argv)
+  run_study(args.out, args.quick)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
