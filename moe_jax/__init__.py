@@ -1,5 +1,8 @@
 """moe_jax: DeepSeekMoE models, ESFT and process reward models in JAX/Flax.
 
+Load a Hugging Face checkpoint, run it, sample from it and save it:
+
+    import jax.numpy as jnp
     import moe_jax
     model = moe_jax.from_pretrained("path/to/hf_dir", dtype=jnp.float32)
     logits = model(input_ids)                       # int32 [B, T] -> [B, T, V]

@@ -90,8 +90,10 @@ def balance_losses(scores, topk_idx, token_mask, config: ModelConfig):
   """Expert- and device-level balance losses (DeepSeekMoE Eq. 12-15, V2 Eq. 23-27).
 
   Args:
-    scores: [B, S, E] router affinities; topk_idx: [B, S, K]; token_mask: [B, S]
-      bool, False for padding (which neither loads experts nor counts in means).
+    scores: [B, S, E] router affinities.
+    topk_idx: [B, S, K] the chosen experts.
+    token_mask: [B, S] bool, False for padding (which neither loads experts nor
+      counts in means).
   Returns:
     (expert_loss, device_loss), each already multiplied by its alpha.
   With `seq_aux` the expert-level loss is computed per sequence and averaged, as
