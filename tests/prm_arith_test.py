@@ -93,7 +93,7 @@ def test_values_follow_the_operations(problems):
       if op.kind == "/":
         assert a % op.operand == 0, (p.question, a, op)
       assert _OPS[op.kind](a, op.operand) == c
-      assert 0 <= c <= 999
+      assert 0 <= c <= arith.MAX_VALUE
       assert op.text in p.question
   assert kinds == set("+-*/")
 
