@@ -92,6 +92,30 @@ def esft_config(score_function: str, top_p: float) -> ml_collections.ConfigDict:
   return c
 
 
+def prm_config() -> ml_collections.ConfigDict:
+  """A process reward model (moe_jax.prm.training): the PRM fields and their defaults."""
+  c = base_config()
+  c.task = "prm"
+  c.prm = ml_collections.ConfigDict(dict(
+      train_file="assets:prm_gsm8k_sample.jsonl",  # step-labelled solutions
+      tag=" ки", good="+", bad="-",  # Math-Shepherd's step tag and label tokens
+      label="soft",  # "soft": train on the labels as given; "hard": threshold them at 0.5
+      orm=False,  # True: outcome RM, only the final step's label
+      value_head=False,  # True: a scalar head on the last hidden state instead of the LM head
+  ))
+  c.data.seq_len = 512
+  c.data.batch_size = 8
+  c.data.eval_fraction = 0.15
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 10
+  c.num_train_steps = 150
+  c.log_every = 10
+  c.eval_every = 0
+  c.checkpoint_every = 50
+  return c
+
+
 def ppo_config() -> ml_collections.ConfigDict:
   """Step-by-step PPO (moe_jax.prm.ppo): the PPO fields and their defaults (spec C4)."""
   c = base_config()

@@ -20,15 +20,15 @@ def heatmap(scores: Mapping[int, np.ndarray], path: str, title: str,
 
   Experts in `selected` ({"<layer>": ids}, the expert config's "experts") are boxed.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A pyplot-free Figure: no global backend switch, so notebooks keep inline plots.
+  from matplotlib.figure import Figure
   from matplotlib.patches import Rectangle
 
   layers = sorted(scores)
   grid = np.stack([scores[l] for l in layers])  # [L, E]
   n_layers, n_experts = grid.shape
-  fig, ax = plt.subplots(figsize=(max(6, n_experts * 0.18 + 2), max(3, n_layers * 0.3 + 1.5)))
+  fig = Figure(figsize=(max(6, n_experts * 0.18 + 2), max(3, n_layers * 0.3 + 1.5)))
+  ax = fig.subplots()
   im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
   ax.set_yticks(range(n_layers), [str(l) for l in layers])
   ax.set_xlabel("routed expert")
@@ -41,7 +41,6 @@ def heatmap(scores: Mapping[int, np.ndarray], path: str, title: str,
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 

@@ -267,8 +267,8 @@ def _rm_cfg(p: Plan, orm: bool, label: str) -> ml_collections.ConfigDict:
   c = _cfg(p, p.rm_steps, 1e-3)
   c.task = "prm"
   c.data.seq_len = 256
-  c.prm = ml_collections.ConfigDict(dict(train_file="", tag=" ки", good="+", bad="-", label=label,
-                                         orm=orm, value_head=False))
+  c.prm = train_config.prm_config().prm
+  c.prm.update(train_file="", label=label, orm=orm)
   return c
 
 
@@ -498,10 +498,9 @@ _SHOWN = ("random", "majority", "orm", "orm+vote", "prm_he_min", "prm_he_min+vot
 
 
 def plot(r: dict, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  from matplotlib.figure import Figure  # pyplot-free: no global backend switch
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, 2)
   for ax, key, title in ((axes[0], "bon", "test (K 2-6)"), (axes[1], "ood", "longer problems (K 7-8)")):
     acc = r[key]["accuracy"]
     for m in _SHOWN:
@@ -514,7 +513,6 @@ def plot(r: dict, path: str) -> None:
   axes[1].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def _get(d: dict, n):
