@@ -40,6 +40,7 @@ import numpy as np
 from moe_jax import config as model_config
 from moe_jax import esft, input_pipeline, train_config, train_lib
 from moe_jax.hf import from_pretrained, save_pretrained
+from moe_jax.metric_writers import progress
 from moe_jax.model import Model, init_variables
 from moe_jax.prm import annotate, arith, gsm8k, ppo, reward, scoring, training, verify
 from moe_jax.prm.data import Example
@@ -170,6 +171,7 @@ def sample(model: Model, tok, problems: Sequence[arith.Problem], n: int, tempera
   for i, q in enumerate(problems):
     by_k[q.k].extend((i, j) for j in range(n))
   questions = [q.question for q in problems]
+  bar = progress(len(problems) * n, 0, "sample")
   for k, jobs in sorted(by_k.items()):
     for s in range(0, len(jobs), p.gen_batch):
       chunk = jobs[s:s + p.gen_batch]
@@ -179,6 +181,8 @@ def sample(model: Model, tok, problems: Sequence[arith.Problem], n: int, tempera
       for (i, j), steps in zip(chunk, r.steps):
         # The step tag is in the vocabulary (PRM inputs need it); a sampled one is noise.
         out[i][j] = [t for t in (x.replace(arith.STEP_TAG, "").strip() for x in steps) if t]
+      bar.update(len(chunk))
+  bar.close()
   return out
 
 
@@ -207,14 +211,20 @@ def rollout_outcomes(completer_model: Model, tok, problems, prefixes: list[tuple
   by_rest = defaultdict(list)
   for j, (i, steps) in enumerate(prefixes):
     by_rest[max(problems[i].k - len(steps), 1)].append(j)
+  bar = progress(len(prefixes), 0, f"rollouts x{n}")
   for rest, js in sorted(by_rest.items()):
     complete = annotate.model_completer(completer_model, tok, _max_new(rest), 1.0, seed + rest,
                                         batch_size=p.gen_batch)
-    texts = complete([annotate.prefix_prompt(problems[prefixes[j][0]].question, prefixes[j][1])
-                      for j in js], n)
-    for a, j in enumerate(js):
-      gold = str(problems[prefixes[j][0]].answer)
-      out[j] = [gsm8k.answers_equal(gsm8k.extract_answer(t), gold) for t in texts[a * n:(a + 1) * n]]
+    per_call = max(1, p.gen_batch // n)  # prefixes per compiled generate call
+    for c in range(0, len(js), per_call):
+      chunk = js[c:c + per_call]
+      texts = complete([annotate.prefix_prompt(problems[prefixes[j][0]].question, prefixes[j][1])
+                        for j in chunk], n)
+      for a, j in enumerate(chunk):
+        gold = str(problems[prefixes[j][0]].answer)
+        out[j] = [gsm8k.answers_equal(gsm8k.extract_answer(t), gold) for t in texts[a * n:(a + 1) * n]]
+      bar.update(len(chunk))
+  bar.close()
   return out
 
 
