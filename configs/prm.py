@@ -12,14 +12,8 @@ tags) or TRL (`prompt`/`completions`/`labels`) JSONL. ESFT applies too:
 
 import ml_collections
 
-from moe_jax.train_config import prm_config
+from moe_jax.train_config import gsm8k_demo_model, prm_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = prm_config()
-  c.model.update(dict(preset="tiny", hidden_size=128, num_hidden_layers=3, n_routed_experts=16,
-                      num_experts_per_tok=4, moe_intermediate_size=64, intermediate_size=256,
-                      max_position_embeddings=1024))
-  c.pretrain.num_train_steps = 100  # only without init_from: learn GSM8K text first
-  c.pretrain.train_files = ("assets:gsm8k_chat_sample.jsonl",)
-  return c
+  return gsm8k_demo_model(prm_config())

@@ -92,6 +92,18 @@ def esft_config(score_function: str, top_p: float) -> ml_collections.ConfigDict:
   return c
 
 
+def gsm8k_demo_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The demo base of configs/prm.py and configs/ppo.py: a small tiny-preset DeepSeekMoE,
+  pretrained here on the GSM8K sample when no init_from is given (the same for both, so a PPO
+  run can start from the PRM run's pretrained base)."""
+  c.model.update(dict(preset="tiny", hidden_size=128, num_hidden_layers=3, n_routed_experts=16,
+                      num_experts_per_tok=4, moe_intermediate_size=64, intermediate_size=256,
+                      max_position_embeddings=1024))
+  c.pretrain.num_train_steps = 100  # only without init_from: learn GSM8K text first
+  c.pretrain.train_files = ("assets:gsm8k_chat_sample.jsonl",)
+  return c
+
+
 def prm_config() -> ml_collections.ConfigDict:
   """A process reward model (moe_jax.prm.training): the PRM fields and their defaults."""
   c = base_config()
