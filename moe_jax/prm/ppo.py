@@ -401,9 +401,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, policy: Model, spec: esf
   if start:
     print(f"[{name}] resumed from {ckpt.directory} at iteration {start}")
   summary = dict(run.summary)
-  current = lambda: Model(mcfg, {"params": _policy_params(esft.merge(jax.device_get(state.params),
+  current = lambda: Model(mcfg, {"params": _policy_params(esft.merge(train_lib.to_host(state.params),
                                                                      spec, mcfg)),
-                                 **({"buffers": jax.device_get(state.buffers)} if has_buffers else {})})
+                                 **({"buffers": train_lib.to_host(state.buffers)} if has_buffers else {})})
   if eval_fn is not None and start == 0:
     summary["before"] = eval_fn(current())
     print(f"[{name}] before: {summary['before']}")
