@@ -2,8 +2,9 @@
 
 Both take an optional per-layer KV cache for decoding. The MLA cache holds the
 compressed latents (normalised c_kv and the rotated shared key), 576 numbers a
-token for V2-Lite, as DeepSeek-V2 describes; keys and values are re-expanded from
-them at each step.
+token for V2-Lite, as DeepSeek-V2 describes. A decoding step attends on the
+latents directly, with kv_b_proj absorbed into the query and the output
+(`_absorb` picks whichever costs fewer FLOPs); a prefill expands them.
 
 Masking is by slot: a query at slot i sees keys at slots j <= i whose segment id
 equals its own, so packed sequences and left padding share one mechanism.
@@ -53,6 +54,35 @@ def _attend(q, k, v, mask, scale, dtype):
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
   return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+def _absorb(c: ModelConfig, t: int, s: int) -> bool:
+  """Whether T queries over S latent slots cost fewer FLOPs with kv_b_proj absorbed.
+
+  Expanding the cache costs S*R*N*(nope+Hv) per row; absorbing moves kv_b_proj
+  onto the T queries and attends in the R-dim latent space instead (DeepSeek-V2,
+  sec. 2.1.2). Decoding (T = 1) absorbs; a prompt's prefill does not.
+  """
+  n, r, nope, rope, hv = (c.num_attention_heads, c.kv_lora_rank, c.qk_nope_head_dim,
+                          c.qk_rope_head_dim, c.v_head_dim)
+  expanded = s * r * n * (nope + hv) + t * s * n * (nope + rope + hv)
+  absorbed = t * n * r * (nope + hv) + t * s * n * (2 * r + rope)
+  return absorbed < expanded
+
+
+def _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w_k, w_v, mask, scale, dtype):
+  """MLA attention on the latents, equal to _attend on the expanded keys and values.
+
+  q_nope: [B, T, N, nope], q_pe: [B, T, N, rope], c_kv: [B, S, R], k_pe: [B, S, rope],
+  w_k: [R, N, nope], w_v: [R, N, Hv] (the two halves of kv_b_proj). Returns [B, T, N, Hv].
+  """
+  q_latent = jnp.einsum("btnh,rnh->btnr", q_nope, w_k)  # q . (c W_k) == (q W_k^T) . c
+  logits = (jnp.einsum("btnr,bsr->bnts", q_latent, c_kv)
+            + jnp.einsum("btnh,bsh->bnts", q_pe, k_pe)).astype(jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  out_latent = jnp.einsum("bnts,bsr->btnr", probs, c_kv)  # [B, T, N, R]
+  return jnp.einsum("btnr,rnh->btnh", out_latent, w_v)
 
 
 def _update_cache(cache, name, new, start):
@@ -124,11 +154,17 @@ class Attention(nn.Module):
       c_kv = _update_cache(cache, "c_kv", c_kv, cache_index)
       k_pe = _update_cache(cache, "k_pe", k_pe, cache_index)
       new_cache = {"c_kv": c_kv, "k_pe": k_pe}
-    kv = dense(c, (n, nope + hv), (sh.KV_LORA, sh.HEADS, sh.KV), "kv_b_proj")(c_kv)  # [B, S, N, nope+Hv]
-    k_nope, v = kv[..., :nope], kv[..., nope:]
-    k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
-    q = jnp.concatenate([q_nope, q_pe], axis=-1)
-    out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
+    kv_b = dense(c, (n, nope + hv), (sh.KV_LORA, sh.HEADS, sh.KV), "kv_b_proj")
+    if _absorb(c, x.shape[1], c_kv.shape[1]) and not self.is_initializing():
+      w = self.variables["params"]["kv_b_proj"]["kernel"].astype(q.dtype)  # [R, N, nope+Hv]
+      out = _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w[..., :nope], w[..., nope:], mask,
+                             softmax_scale(c), q.dtype)
+    else:
+      kv = kv_b(c_kv)  # [B, S, N, nope+Hv]
+      k_nope, v = kv[..., :nope], kv[..., nope:]
+      k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
+      q = jnp.concatenate([q_nope, q_pe], axis=-1)
+      out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
     y = dense(c, c.hidden_size, (sh.HEADS, sh.KV, sh.EMBED), "o_proj", in_axes=(-2, -1),
               use_bias=bias)(out)
     return y, new_cache

@@ -1,7 +1,9 @@
 """Sampling with the KV cache: one prefill, then one jit-compiled step per new token.
 
-The whole loop (prefill + `lax.scan` over steps) is a single compiled function,
-keyed on the config, batch shape and number of new tokens.
+The whole loop (prefill + a `lax.while_loop` over steps) is a single compiled
+function, keyed on the config, batch shape and number of new tokens. The loop
+stops as soon as every row has emitted EOS (the rest of the output is EOS), so a
+generous `max_new_tokens` costs little when answers are short.
 """
 
 from __future__ import annotations
@@ -31,23 +33,28 @@ def _generate(config, variables, input_ids, segment_ids, positions, rng, tempera
   b, t = input_ids.shape
   module = Transformer(config)
   cache = init_cache(config, b, t + max_new_tokens)
-  out = module.apply(variables, input_ids, positions, segment_ids, cache)
+  prefill = module.apply(variables, input_ids, positions, segment_ids, cache)
   rng, sub = jax.random.split(rng)
-  first = _sample(out.logits[:, -1], sub, temperature, top_k)
+  first = _sample(prefill.logits[:, -1], sub, temperature, top_k)
   next_pos = positions[:, -1] + 1
 
-  def step(carry, _):
-    cache, token, pos, done, rng = carry
+  def not_finished(carry):
+    i, _, token, _, done, _, _ = carry
+    return (i < max_new_tokens) & ~jnp.all(done | (token == eos_id))
+
+  def step(carry):
+    i, cache, token, pos, done, rng, out = carry
     rng, sub = jax.random.split(rng)
     o = module.apply(variables, token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache)
     new = _sample(o.logits[:, -1], sub, temperature, top_k)
     done = done | (token == eos_id)
     new = jnp.where(done, eos_id, new)  # finished rows repeat EOS
-    return (o.cache, new, pos + 1, done, rng), token
+    return i + 1, o.cache, new, pos + 1, done, rng, out.at[:, i].set(new)
 
-  carry = (out.cache, first, next_pos, jnp.zeros((b,), jnp.bool_), rng)
-  (_, last, _, _, _), tokens = jax.lax.scan(step, carry, None, length=max_new_tokens - 1)
-  return jnp.concatenate([input_ids, tokens.T, last[:, None]], axis=1)
+  out = jnp.full((b, max_new_tokens), eos_id, jnp.int32).at[:, 0].set(first)
+  carry = (jnp.int32(1), prefill.cache, first, next_pos, jnp.zeros((b,), jnp.bool_), rng, out)
+  *_, tokens = jax.lax.while_loop(not_finished, step, carry)
+  return jnp.concatenate([input_ids, tokens], axis=1)
 
 
 def generate(model: Model, input_ids, max_new_tokens: int, temperature: float = 0.0,
