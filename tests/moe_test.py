@@ -10,7 +10,7 @@ float64 autograd for the gradients.
     norm_topk_prob / routed_scaling_factor rules.
   * `sorted_experts` (dropless), `ragged_experts`, `dense_experts`: outputs and
     gradients against a per-token loop; the model's logits and aux outputs are
-    the same under dispatch "sorted", "ragged_dot" and "dense".
+    the same under dispatch "sorted", "grouped", "ragged_dot" and "dense".
   * `capacity` and token dropping: the dropped count and which assignments are
     kept (the first `capacity` per expert in (token, k) order).
   * `balance_losses`: DeepSeek's sequence-wise and batch-wise expert loss, the
@@ -223,6 +223,7 @@ def _routing(kind, rng):
 
 
 _SORTED = jax.jit(moe.sorted_experts, static_argnums=6)
+_GROUPED = jax.jit(moe.grouped_experts)
 _RAGGED = jax.jit(moe.ragged_experts)
 _DENSE = jax.jit(moe.dense_experts)
 
@@ -245,10 +246,27 @@ def test_dispatch_paths_match_loop(kind):
   y, dropped = _SORTED(x, idx, w, wg, wu, wd, cap)
   assert int(dropped) == 0
   np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="sorted")
+  y = _GROUPED(x, idx, w, wg, wu, wd)
+  np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="grouped")
   y = _RAGGED(x, idx, w, wg, wu, wd)
   np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="ragged_dot")
   y = _DENSE(x, idx, w, wg, wu, wd)
   np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="dense")
+
+
+def test_grouped_blocks_with_skewed_load():
+  """Several blocks per expert, partial last blocks, an idle expert: still the loop's result."""
+  rng = np.random.default_rng(7)
+  t, k = 300, 2
+  probs = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.05, 0.0, 0.0])
+  idx = np.stack([rng.choice(E, k, replace=False, p=probs / probs.sum()) for _ in range(t)])
+  assert moe.block_size(t * k, E) == 16  # so expert 0 (~240 rows) spans many blocks
+  x = rng.normal(0, 1, (t, D)).astype(np.float32)
+  w = rng.uniform(0.1, 1.0, idx.shape).astype(np.float32)
+  wg, wu, wd = _expert_weights(rng)
+  want = _ref_experts(x, idx, w, wg, wu, wd)
+  got = _GROUPED(x, idx.astype(np.int32), w, wg, wu, wd)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-5 * np.abs(want).max())
 
 
 def _torch_grads(x, idx, w, wg, wu, wd, ct):
@@ -274,6 +292,7 @@ def test_dispatch_gradients_agree(kind):
   jidx = jnp.asarray(idx)
   paths = {
       "sorted": lambda *a: moe.sorted_experts(a[0], jidx, *a[1:], T)[0],
+      "grouped": lambda *a: moe.grouped_experts(a[0], jidx, *a[1:]),
       "ragged_dot": lambda *a: moe.ragged_experts(a[0], jidx, *a[1:]),
       "dense": lambda *a: moe.dense_experts(a[0], jidx, *a[1:]),
   }
@@ -303,7 +322,7 @@ def test_routed_experts_module_dispatches_agree():
   x = rng.normal(0, 1, (b * s, D)).astype(np.float32)
   wg, wu, wd = _expert_weights(rng)
   want = _ref_experts(x, idx, w, wg, wu, wd).reshape(b, s, D)
-  for dispatch in ("sorted", "ragged_dot", "dense"):
+  for dispatch in ("sorted", "grouped", "ragged_dot", "dense"):
     c = _cfg(hidden_size=D, moe_intermediate_size=F, n_routed_experts=E, num_experts_per_tok=k,
              dispatch=dispatch)
     y, dropped = moe.RoutedExperts(c).apply(_routed_params(wg, wu, wd), x.reshape(b, s, D),
@@ -323,11 +342,11 @@ def test_model_logits_same_for_every_dispatch():
   # values from the same seed. (Checked abstractly; compiling three inits is slow.)
   abstract = lambda c: jax.eval_shape(Transformer(c).init, jax.random.key(0),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
-  shapes = {d: abstract(base.replace(dispatch=d)) for d in ("sorted", "ragged_dot", "dense")}
+  shapes = {d: abstract(base.replace(dispatch=d)) for d in ("sorted", "grouped", "ragged_dot", "dense")}
   assert shapes["sorted"] == shapes["ragged_dot"] == shapes["dense"]
   ref_model = init_model(base.replace(dispatch="dense"), seed=0)
   outs = {}
-  for dispatch in ("sorted", "ragged_dot", "dense"):
+  for dispatch in ("sorted", "grouped", "ragged_dot", "dense"):
     model = Model(base.replace(dispatch=dispatch), ref_model.variables)
     outs[dispatch] = model.apply(tokens, segment_ids=jnp.asarray(segments))
   ref = outs["dense"]

@@ -65,7 +65,19 @@ def test_step_scores_read_the_tag_positions(model):
   pos = np.flatnonzero(enc["score_mask"])
   want = 1 / (1 + np.exp(-(logits[pos, good] - logits[pos, bad])))
   np.testing.assert_allclose(got[0], want, rtol=1e-4)
-  assert len(got[1]) == 2
+  np.testing.assert_allclose(got[1], want[:2], rtol=1e-4)  # causal: a prefix scores the same
+
+
+def test_scores_keep_the_order_of_mixed_lengths(model):
+  """Solutions of many lengths (so several row widths) come back in the order given."""
+  ex = _examples()[2]
+  steps = [s + " " + "1 + 1 = 2 ." * r for s in ex.steps for r in (0, 3, 9)]
+  sols = [steps[i:i + 1 + (i * 5) % 4] for i in range(len(steps))]
+  assert len({len(data.encode(data.Example(ex.question, s, [0.0] * len(s)), TOK)["tokens"]) // 32
+              for s in sols}) > 2
+  got = scoring.step_scores(model, TOK, ex.question, sols)
+  for s, g in zip(sols, got):
+    np.testing.assert_allclose(g, scoring.step_scores(model, TOK, ex.question, [s])[0], rtol=1e-4)
 
 
 def test_metrics_by_hand():

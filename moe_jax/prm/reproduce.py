@@ -75,7 +75,7 @@ class Plan:
 def plan(quick: bool) -> Plan:
   if quick:
     return Plan(64, 2, 400, 10, 20, 4, 192, 8, 8, 4, 4, 3, 4, 6, 6, 8, 4, (1, 4, 8), 2, 8, 32, 200)
-  return Plan(128, 3, 20000, 200, 800, 32, 192, 200, 300, 8, 8, 60, 16, 80, 500, 64, 100,
+  return Plan(128, 3, 20000, 200, 800, 32, 192, 200, 300, 8, 8, 60, 16, 80, 1000, 64, 100,
               (1, 4, 16, 64), 25, 32, 256, 2000)
 
 
@@ -87,7 +87,8 @@ def model_config_for(p: Plan, vocab: int) -> model_config.ModelConfig:
                            n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
                            kv_lora_rank=p.hidden // 4, qk_nope_head_dim=p.hidden // 8,
                            qk_rope_head_dim=p.hidden // 8, v_head_dim=p.hidden // 4,
-                           first_k_dense_replace=1, max_position_embeddings=384)
+                           first_k_dense_replace=1, max_position_embeddings=384,
+                           dispatch="grouped")  # dropless without a capacity buffer per expert
 
 
 def _cfg(p: Plan, steps: int, lr: float, seed: int = 0) -> ml_collections.ConfigDict:
@@ -309,9 +310,12 @@ def train_rms(p: Plan, out: str, strong: Model, tok, rows: list[dict], problems)
 # -- 4. best-of-N -------------------------------------------------------------------
 
 def score_all(rm: Model, tok, problems, cands) -> list[list[list[float]]]:
-  items = [(problems[i].question, s) for i, sols in enumerate(cands) for s in sols if s]
-  flat = iter(scoring.score_solutions(rm, tok, items, seq_len=384, batch_size=32))
-  return [[next(flat) if s else [0.0] for s in sols] for sols in cands]
+  """The RM's step scores for every candidate; a problem's identical candidates are scored once."""
+  keys = list(dict.fromkeys((i, tuple(s)) for i, sols in enumerate(cands) for s in sols if s))
+  scores = scoring.score_solutions(rm, tok, [(problems[i].question, s) for i, s in keys],
+                                   seq_len=384, batch_size=32)
+  scored = dict(zip(keys, scores))
+  return [[scored[(i, tuple(s))] if s else [0.0] for s in sols] for i, sols in enumerate(cands)]
 
 
 def verification(problems, cands, scores: dict, ns, p: Plan) -> dict:

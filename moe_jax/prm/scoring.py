@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Sequence
-
-import numpy as np
 
 from moe_jax import input_pipeline
 from moe_jax.model import Model
 from moe_jax.prm import data as prm_data
 from moe_jax.prm import reward
 
-_WIDTH_BUCKET = 64  # rows are padded to a multiple of this, so few shapes get compiled
+_WIDTH_BUCKET = 32  # rows are padded to a multiple of this, so few shapes get compiled
 
 
 def score_solutions(model: Model, tokenizer, items: Sequence[tuple[str, Sequence[str]]],
@@ -30,15 +29,22 @@ def score_solutions(model: Model, tokenizer, items: Sequence[tuple[str, Sequence
     if len(enc["tokens"]) > seq_len:
       raise ValueError(f"solution {i}: {len(enc['tokens'])} tokens exceed seq_len={seq_len}")
     encoded.append(enc)
-  width = -(-max(len(e["tokens"]) for e in encoded) // _WIDTH_BUCKET) * _WIDTH_BUCKET
-  # Packing keeps the solutions in order, and score_rows reads score positions row-major,
-  # so the flat scores are in solution order.
-  rows = input_pipeline.pack_fields(encoded, width, tokenizer.pad_id)
-  probs, _ = reward.score_rows(model, rows, head, batch_size)
-  out, at = [], 0
-  for _, steps in items:
-    out.append([float(x) for x in probs[at:at + len(steps)]])
-    at += len(steps)
+  # Rows are only as wide as the solutions they hold: attention grows with the square of the
+  # row width, so one width for all (the longest) would spend most of the work on padding.
+  by_width = defaultdict(list)
+  for i, enc in enumerate(encoded):
+    by_width[-(-len(enc["tokens"]) // _WIDTH_BUCKET) * _WIDTH_BUCKET].append(i)
+  out = [[] for _ in items]
+  for width, idx in sorted(by_width.items()):
+    # Packing keeps the solutions in order, and score_rows reads score positions row-major,
+    # so the flat scores are in the order of idx.
+    rows = input_pipeline.pack_fields([encoded[i] for i in idx], width, tokenizer.pad_id)
+    probs, _ = reward.score_rows(model, rows, head, batch_size)
+    at = 0
+    for i in idx:
+      n = len(items[i][1])
+      out[i] = [float(x) for x in probs[at:at + n]]
+      at += n
   return out
 
 
