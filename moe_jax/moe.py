@@ -198,18 +198,20 @@ def block_size(assignments: int, n_experts: int) -> int:
   return int(min(128, max(8, 2 ** math.floor(math.log2(share)))))
 
 
-def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd):
+def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = None):
   """Dropless block-grouped matmuls. x: [T, D], topk_*: [T, K].
 
   The assignments are sorted by expert once; each expert's rows are padded to a
   multiple of a block, so every block belongs to one expert, and the three
   matmuls run batched over blocks with each block's expert weights. Work grows
   with tokens * K plus at most one padded block per expert, not with tokens * E
-  as a dropless capacity buffer does.
+  as a dropless capacity buffer does. Each block reads its own copy of its
+  expert's weights ([blocks, D, F] gathered), which suits CPUs and small models;
+  a larger `block` (default `block_size`) trades padding for fewer copies.
   """
   t, k = topk_idx.shape
   e, a = wg.shape[0], t * k
-  block = block_size(a, e)
+  block = block or block_size(a, e)
   n_blocks = -(-a // block) + e  # static bound: sum_e ceil(count_e / block) <= a / block + e
   order, sorted_e, counts = _sort_by_expert(topk_idx, e)
   padded = -(-counts // block) * block  # [E]

@@ -1,16 +1,10 @@
-"""Training: the pure train/eval steps and `train_and_evaluate`, driven by an ml_collections config.
+"""Training runs: `train_and_evaluate`, driven by an ml_collections config.
 
-One step function serves full fine-tuning and ESFT. The parameter tree is the
-ESFT split tree (`moe_jax.esft.partition`; for FFT it is the plain tree), every
-leaf labelled "train" or "frozen". The step differentiates only the trained
-leaves, and `optax.multi_transform` gives the frozen ones `set_to_zero()`, so
-they get no updates, no weight decay and no optimizer state.
-
-`train_step(state, batch) -> (state, metrics)` is built once per run
-(`make_train_step`) and jitted once with the state's and the batch's shardings
-on the device mesh. Metrics are sums with their denominators (`loss_sum` /
-`tokens`). A step whose loss or gradients are not finite leaves the state as it
-was, and the run stops there with a checkpoint of the last good state.
+The step itself lives in `moe_jax.steps` (one step for full fine-tuning and
+ESFT). Here `train_step(state, batch) -> (state, metrics)` is built once per run
+and jitted once with the state's and the batch's shardings on the device mesh.
+A step whose loss or gradients are not finite leaves the state as it was, and
+the run stops there with a checkpoint of the last good state.
 
 A run: [optional base pretraining] -> [ESFT: score experts, select] -> train
 with periodic Orbax checkpoints (resumed automatically from `workdir`) ->
@@ -25,7 +19,6 @@ import os
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,104 +33,9 @@ from moe_jax.esft import partition as esft_partition
 from moe_jax.generate import generate
 from moe_jax.hf import from_pretrained, save_pretrained
 from moe_jax.metric_writers import MetricWriter, progress
-from moe_jax.model import Model, Transformer, init_variables, logical_axes
+from moe_jax.model import Model, init_variables, logical_axes
+from moe_jax.steps import TrainState, lm_loss, make_eval_step, make_optimizer, make_train_step
 from moe_jax.tokenizer import load_tokenizer
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any  # the split parameter tree (see moe_jax.esft.partition)
-  buffers: Any  # non-trained variables (V3 router bias); may be {}
-  opt_state: Any
-
-
-# Steps -------------------------------------------------------------------------
-
-def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int,
-                   spec: esft.TrainableSpec) -> optax.GradientTransformation:
-  """Clipping, then AdamW on trained leaves (decay on matrices only) and zero on frozen ones."""
-  warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
-  if cfg.schedule == "constant":
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
-         optax.constant_schedule(cfg.learning_rate)], [warmup]) if warmup else cfg.learning_rate
-  elif cfg.schedule == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, max(warmup, 1), max(num_steps, warmup + 1),
-        end_value=cfg.learning_rate * cfg.final_lr_fraction)
-  else:
-    raise ValueError(f"config.optimizer.schedule: {cfg.schedule!r} is not 'constant' or 'cosine'")
-  decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
-  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                      mask=decay_mask)
-  return optax.chain(
-      optax.clip_by_global_norm(cfg.grad_clip),
-      optax.multi_transform({esft_partition.TRAIN: adamw, esft_partition.FROZEN: optax.set_to_zero()},
-                            lambda params: esft.labels(params, spec)))
-
-
-def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):
-  """Mean next-token cross-entropy over trained targets, plus the MoE balance losses.
-
-  batch: packed rows {"tokens", "loss_mask", "segment_ids", "positions"} [B, T].
-  Returns (loss, (loss_sum, n_targets, MoEAux)).
-  """
-  tokens, seg = batch["tokens"], batch["segment_ids"]
-  out = Transformer(config).apply({"params": params, "buffers": buffers}, tokens[:, :-1],
-                                  batch["positions"][:, :-1], seg[:, :-1])
-  # A target counts if it is a training token of the same example as its input.
-  weights = batch["loss_mask"][:, 1:] & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-  weights = weights.astype(jnp.float32)
-  logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1)
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-  loss_sum, n = jnp.sum(nll * weights), jnp.sum(weights)
-  aux = out.aux.balance_loss + out.aux.device_balance_loss
-  return loss_sum / jnp.maximum(n, 1.0) + aux, (loss_sum, n, out.aux)
-
-
-def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
-                    tx: optax.GradientTransformation, loss_fn=lm_loss):
-  """train_step(state, batch) -> (state, metrics) for this model, trainable set and optimizer.
-
-  loss_fn(params, buffers, config, batch) -> (loss, (loss_sum, n, MoEAux[, metrics])):
-  the language-model loss by default; `moe_jax.prm` passes the process-reward
-  and PPO losses. An optional fourth item, a dict of scalars, joins the metrics.
-  """
-
-  def train_step(state: TrainState, batch: dict):
-    label_tree = esft.labels(state.params, spec)
-    trained, frozen = esft_partition.partition(state.params, label_tree)
-
-    def objective(trained):
-      params = esft.merge(esft_partition.combine(trained, frozen), spec, config)
-      return loss_fn(params, state.buffers, config, batch)
-
-    (_, (loss_sum, n, aux, *extra)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # unused by set_to_zero; DCE'd
-    updates, opt_state = tx.update(esft_partition.combine(grads, zeros), state.opt_state,
-                                   state.params)
-    trained_updates, _ = esft_partition.partition(updates, label_tree)
-    params = esft_partition.combine(optax.apply_updates(trained, trained_updates), frozen)
-    grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    # A non-finite step changes nothing, so the last good state can be checkpointed.
-    new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
-    metrics = {"loss_sum": loss_sum, "tokens": n, "balance_loss": aux.balance_loss,
-               "dropped": aux.dropped, "grad_norm": grad_norm,
-               "update_norm": optax.tree.norm(trained_updates), "finite": ok, **(extra[0] if extra else {})}
-    return new, metrics
-
-  return train_step
-
-
-def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec, loss_fn=lm_loss):
-  def eval_step(state: TrainState, batch: dict) -> dict:
-    params = esft.merge(state.params, spec, config)
-    _, (loss_sum, n, *_) = loss_fn(params, state.buffers, config, batch)
-    return {"loss_sum": loss_sum, "tokens": n}
-  return eval_step
 
 
 # Setup helpers -----------------------------------------------------------------

@@ -25,10 +25,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from moe_jax import config as model_config
-from moe_jax import esft, hf, input_pipeline, train_config, train_lib
+from moe_jax import esft, hf, input_pipeline, train_config
 from moe_jax.esft import partition
 from moe_jax.esft.selection import ExpertConfigError, ScoreAccumulator, select_layer
 from moe_jax.model import Model, Transformer, init_variables
+from moe_jax.steps import TrainState, make_optimizer, make_train_step
 from moe_jax.tokenizer import ByteTokenizer
 
 PROJ = ("gate_proj", "up_proj", "down_proj")
@@ -102,11 +103,11 @@ def optimizer_cfg():
 
 def run_training(spec, params0, batches, steps):
   """Like train_lib.train on one device, without checkpoints: (final state, losses, tx)."""
-  tx = train_lib.make_optimizer(optimizer_cfg(), steps, spec)
+  tx = make_optimizer(optimizer_cfg(), steps, spec)
   params = esft.split(params0, spec, CONFIG)
-  state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, buffers={},
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, buffers={},
                                opt_state=tx.init(params))
-  step = jax.jit(train_lib.make_train_step(CONFIG, spec, tx))
+  step = jax.jit(make_train_step(CONFIG, spec, tx))
   losses = []
   for batch in batches[:steps]:
     state, m = step(state, batch)
@@ -463,7 +464,7 @@ def test_missing_moe_layer_trains_no_routed_experts(esft_run, params0):
 def test_optimizer_state_is_proportional_to_trainable_params(params0):
   def state_bytes(spec):
     params = esft.split(params0, spec, CONFIG)
-    tx = train_lib.make_optimizer(optimizer_cfg(), 3, spec)
+    tx = make_optimizer(optimizer_cfg(), 3, spec)
     n = partition.count(params, esft.labels(params, spec))["train"]
     return opt_bytes(jax.eval_shape(tx.init, params)), opt_bytes(tx.init(params)), n
 

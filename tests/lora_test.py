@@ -4,9 +4,10 @@ import jax
 import numpy as np
 
 from moe_jax import config as C
-from moe_jax import esft, input_pipeline, lora, train_config, train_lib
+from moe_jax import esft, input_pipeline, lora, train_config
 from moe_jax.esft import partition
 from moe_jax.model import init_variables
+from moe_jax.steps import TrainState, make_optimizer, make_train_step
 from moe_jax.tokenizer import ByteTokenizer
 
 CONFIG = C.tiny(num_hidden_layers=2)
@@ -46,12 +47,12 @@ def test_lora_trains_only_factors(repo_root):
       params["layers_1"]["mlp"]["experts"]["up_proj"])
   cfg = train_config.base_config()
   cfg.optimizer.learning_rate = 1e-2
-  tx = train_lib.make_optimizer(cfg.optimizer, 3, spec)
-  state = train_lib.TrainState(step=np.int32(0), params=split, buffers={}, opt_state=tx.init(split))
+  tx = make_optimizer(cfg.optimizer, 3, spec)
+  state = TrainState(step=np.int32(0), params=split, buffers={}, opt_state=tx.init(split))
   rows = input_pipeline.load_packed([str(repo_root / "moe_jax/assets/intent_train_sample.jsonl")],
                                     ByteTokenizer(), 64, max_examples=40)
   batch = {k: v[:4] for k, v in rows.items()}
-  step = jax.jit(train_lib.make_train_step(CONFIG, spec, tx))
+  step = jax.jit(make_train_step(CONFIG, spec, tx))
   new = state
   for _ in range(2):
     new, m = step(new, batch)

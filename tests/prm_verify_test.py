@@ -7,7 +7,6 @@ on it; the file-reading default and the CLI use the real gsm8k functions.
 """
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -26,12 +26,10 @@ import dataclasses
 import json
 import math
 import os
-import re
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from moe_jax import config as model_config
@@ -40,6 +38,7 @@ from moe_jax.esft import partition
 from moe_jax.generate import generate
 from moe_jax.hf import save_pretrained
 from moe_jax.model import Model, init_variables
+from moe_jax.steps import lm_loss, make_optimizer
 from moe_jax.tokenizer import ByteTokenizer
 
 DOMAINS = ("gsm8k", "intent", "law", "arith")
@@ -192,7 +191,7 @@ def _run_config(p: Plan, steps: int, lr: float, files: list[str], seed: int, mod
 
 def domain_losses(model: Model, rows_by_domain: dict, batch: int) -> dict[str, float]:
   """Mean loss per target token of each domain's held-out packed rows."""
-  step = jax.jit(lambda params, buffers, b: train_lib.lm_loss(params, buffers, model.config, b)[1][:2])
+  step = jax.jit(lambda params, buffers, b: lm_loss(params, buffers, model.config, b)[1][:2])
   out = {}
   for name, rows in rows_by_domain.items():
     loss, n = 0.0, 0.0
@@ -324,7 +323,7 @@ def adapt(name: str, method: str, base: Model, scores, p: Plan, files: dict, eva
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     rates = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r]
   losses = domain_losses(model, eval_rows, p.batch)
-  tx = train_lib.make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
+  tx = make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
   split = esft.split(base.params, spec, base.config)
   opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(jax.eval_shape(tx.init, split)))
   counts = partition.count(split, esft.labels(split, spec))

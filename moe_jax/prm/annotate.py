@@ -46,8 +46,7 @@ def model_completer(model: Model, tokenizer, max_new_tokens: int, temperature: f
       ids = [([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(t) for t in chunk]
       width = -(-max(map(len, ids)) // 32) * 32  # few distinct widths: few compiled programs
       rows = len(ids)
-      pad = batch_size - rows  # one shape per call keeps a single compiled program
-      tokens = np.zeros((batch_size, width), np.int32)
+      tokens = np.zeros((batch_size, width), np.int32)  # one shape per call: one compiled program
       mask = np.zeros_like(tokens)
       for j, x in enumerate(ids):
         tokens[j, width - len(x):], mask[j, width - len(x):] = x, 1

@@ -18,7 +18,6 @@ caller counts it as wrong.
 from __future__ import annotations
 
 import fractions
-import json
 import os
 import re
 

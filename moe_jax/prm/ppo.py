@@ -42,6 +42,7 @@ from moe_jax.generate import generate
 from moe_jax.metric_writers import MetricWriter, progress
 from moe_jax.model import Model, Transformer
 from moe_jax.prm import gsm8k, reward, scoring, verify
+from moe_jax.steps import make_train_step
 
 REWARD_MODES = ("prm", "prm_final", "orm", "outcome")
 STEP_REWARDS = ("raw", "centered", "delta", "min_so_far")
@@ -394,7 +395,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, policy: Model, spec: esf
   state, ckpt, mcfg = run.state, run.checkpointer, model.config
   has_buffers = bool(model.variables.get("buffers"))
   batch_sh = run.batch_sharding
-  step_fn = jax.jit(train_lib.make_train_step(mcfg, spec, run.tx, functools.partial(ppo_loss, hp=hp)),
+  step_fn = jax.jit(make_train_step(mcfg, spec, run.tx, functools.partial(ppo_loss, hp=hp)),
                     in_shardings=(run.state_sharding, batch_sh), out_shardings=(run.state_sharding, None),
                     donate_argnums=0)
   start = (run.data_state or {}).get("iteration", 0)

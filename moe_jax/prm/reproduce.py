@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax import config as model_config
-from moe_jax import esft, input_pipeline, train_config, train_lib
+from moe_jax import esft, train_config, train_lib
 from moe_jax.hf import from_pretrained, save_pretrained
 from moe_jax.metric_writers import progress
 from moe_jax.model import Model, init_variables
@@ -639,7 +639,7 @@ def report(r: dict) -> str:
             f"- Values stay in 0..{r.get('max_value', 99)} with operands up to {r.get('max_operand', 10)}: "
             "the spec's mitigation for a model too small for three-digit arithmetic (a first run with "
             "values up to 999 reached 8.5% greedy dev accuracy).",
-            f"- One seed for every model (the spec asks for 3 RM seeds); the data-size sweep (C4) and the "
+            "- One seed for every model (the spec asks for 3 RM seeds); the data-size sweep (C4) and the "
             "ProcessBench-style F1 were not run.",
             f"- Labels for PRM training use N={p['n_label']} rollouts; label quality by N uses "
             f"{p['n_val_max']} rollouts on {p['n_val']} problems.", ""]

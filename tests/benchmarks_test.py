@@ -1,0 +1,41 @@
+"""The benchmark suite runs where the GPU machine would run it: without grain, TFDS or ml_collections."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Make those imports fail, as they do on the GPU machine, then run the script as __main__.
+_BLOCKED = """
+import runpy, sys
+for name in ("grain", "tensorflow_datasets", "ml_collections"):
+  sys.modules[name] = None
+sys.argv = ["benchmarks/run.py"] + sys.argv[1:]
+runpy.run_path("benchmarks/run.py", run_name="__main__")
+"""
+
+GPU_FIGURES = ("expert_layer_vs_dense_16k", "expert_layer_vs_dense_64k", "train_step_mfu",
+               "esft_vs_fft_step_time_ratio", "esft_vs_fft_optimizer_bytes_ratio",
+               "v2lite_esft_fits", "v2lite_fft_fits")
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_runs_without_the_data_stack():
+  out = subprocess.run([sys.executable, "-c", _BLOCKED, "--suite", "gpu", "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  figures = json.loads(out.stdout.strip().splitlines()[-1])  # the last line is the JSON
+  assert set(GPU_FIGURES) <= set(figures)
+  # Every backend computed the same layer as the dense reference (bf16 rounding only).
+  for backend in ("sorted", "grouped", "ragged_dot"):
+    assert figures[f"{backend}_rel_error_vs_dense"] < 2e-2, backend
+  for name in GPU_FIGURES[:3]:
+    assert figures[name] > 0, name
+  # ESFT keeps AdamW state for 1 of 8 experts per MoE layer only, and nothing else.
+  assert 0 < figures["esft_vs_fft_optimizer_bytes_ratio"] < 0.15
+  assert figures["v2lite_esft_fits"] is True
+  assert out.stdout.splitlines()[0].startswith("measurement")  # a table, then the JSON line
