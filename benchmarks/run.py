@@ -72,6 +72,7 @@ def expert_layer(backend: str, tokens: int, d: int, f: int, n_experts: int, k: i
   cap = math.ceil(capacity_factor * tokens * k / n_experts)
   layer = {"sorted": lambda x, *ws: moe.sorted_experts(x, idx, w, *ws, cap),
            "grouped": lambda x, *ws: (moe.grouped_experts(x, idx, w, *ws, block=block), 0),
+           "pallas": lambda x, *ws: (moe.pallas_experts(x, idx, w, *ws, block=block or 64), 0),
            "ragged_dot": lambda x, *ws: (moe.ragged_experts(x, idx, w, *ws), 0),
            "dense": lambda x, *ws: (moe.dense_experts(x, idx, w, *ws), 0)}[backend]
 
@@ -120,6 +121,7 @@ def agrees_with_dense(backend: str, dtype, block: int | None = None) -> float:
   want = np.asarray(moe.dense_experts(x, idx, w, *ws), np.float32)
   got = {"sorted": lambda: moe.sorted_experts(x, idx, w, *ws, t)[0],
          "grouped": lambda: moe.grouped_experts(x, idx, w, *ws, block=block),
+         "pallas": lambda: moe.pallas_experts(x, idx, w, *ws, block=block or 64),
          "ragged_dot": lambda: moe.ragged_experts(x, idx, w, *ws)}[backend]()
   return float(np.abs(np.asarray(got, np.float32) - want).max() / np.abs(want).max())
 
@@ -261,7 +263,7 @@ def gpu_suite(smoke: bool) -> tuple[list, dict]:
   rows, figures = [], {}
   dtype = jnp.bfloat16
   d, f, e, k = (64, 32, 16, 4) if smoke else (2048, 1408, 64, 6)  # DeepSeek-V2-Lite experts
-  for backend in ("sorted", "grouped", "ragged_dot"):
+  for backend in ("sorted", "grouped", "pallas", "ragged_dot"):
     err = agrees_with_dense(backend, dtype)
     figures[f"{backend}_rel_error_vs_dense"] = err
     rows.append((f"{backend}: max rel. error vs dense experts (bf16)", err))
@@ -275,6 +277,8 @@ def gpu_suite(smoke: bool) -> tuple[list, dict]:
     backends = [("sorted", dict(capacity_factor=1.25)),
                 ("sorted", dict(capacity_factor=e / k)),  # capacity = tokens: dropless
                 ("grouped", dict(block=512))] + ([("ragged_dot", {})] if label == "16k" else [])
+    if not smoke:  # interpreted off the GPU: far too slow to time there
+      backends += [("pallas", dict(block=64)), ("pallas", dict(block=128))]
     for backend, kw in backends:
       try:
         t, dropped = expert_layer(backend, tokens, d, f, e, k, dtype, **kw)
@@ -299,7 +303,8 @@ def gpu_suite(smoke: bool) -> tuple[list, dict]:
   flops = train_flops_per_token(base, seq) * batch_size * seq
   per_assignment = expert_flops(1, base.hidden_size, base.moe_intermediate_size, 1)
   best = None
-  for dispatch, cf in (("sorted", 1.25), ("grouped", 0.0)):
+  dispatches = [("sorted", 1.25), ("grouped", 0.0)] + ([] if smoke else [("pallas", 0.0)])
+  for dispatch, cf in dispatches:
     cfg = base.replace(dispatch=dispatch, capacity_factor=cf)
     try:
       fft = train_step(cfg, esft.TrainableSpec(), batch)

@@ -14,6 +14,9 @@ Dispatch runs the routed experts behind one interface, selected by
                  expert's rows to a multiple of a small block, and run the
                  three matmuls batched over blocks (dropless; work grows with
                  tokens x K, not with the number of experts).
+  * "pallas"     the same layout through Pallas grouped-matmul kernels that read
+                 each expert's weights in place (`moe_jax.grouped_matmul`; GPU,
+                 interpreted elsewhere).
   * "ragged_dot" the same sort, then `jax.lax.ragged_dot` grouped matmuls
                  (dropless; fast on TPU, not on GPU or CPU).
   * "dense"      every expert on every token, weighted by the (mostly zero)
@@ -29,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_jax import grouped_matmul
 from moe_jax import sharding as sh
 from moe_jax.config import ModelConfig
 from moe_jax.layers import SwiGLU, dense, dense_init
@@ -198,6 +202,26 @@ def block_size(assignments: int, n_experts: int) -> int:
   return int(min(128, max(8, 2 ** math.floor(math.log2(share)))))
 
 
+def _block_layout(topk_idx, n_experts: int, block: int):
+  """Sorted assignments laid out in row blocks that each belong to one expert.
+
+  Returns (order [A], row [A], n_blocks, block_expert [n_blocks], block_starts [E + 1]):
+  assignment order[i] goes to buffer row row[i]; expert e owns row blocks
+  block_starts[e]:block_starts[e + 1]; later blocks are padding.
+  """
+  a = topk_idx.size
+  n_blocks = -(-a // block) + n_experts  # static bound: sum_e ceil(count_e / block) <= a / block + E
+  order, sorted_e, counts = _sort_by_expert(topk_idx, n_experts)
+  blocks = -(-counts // block)  # [E]
+  block_starts = jnp.concatenate([jnp.zeros((1,), blocks.dtype), jnp.cumsum(blocks)]).astype(jnp.int32)
+  rank = jnp.arange(a) - (jnp.cumsum(counts) - counts)[sorted_e]  # within its expert
+  row = block_starts[sorted_e] * block + rank
+  # Padding blocks past the last expert hold zeros; any expert maps zeros to zeros.
+  block_expert = jnp.minimum(jnp.searchsorted(block_starts[1:], jnp.arange(n_blocks), side="right"),
+                             n_experts - 1).astype(jnp.int32)
+  return order, row, n_blocks, block_expert, block_starts
+
+
 def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = None):
   """Dropless block-grouped matmuls. x: [T, D], topk_*: [T, K].
 
@@ -210,20 +234,31 @@ def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = N
   a larger `block` (default `block_size`) trades padding for fewer copies.
   """
   t, k = topk_idx.shape
-  e, a = wg.shape[0], t * k
-  block = block or block_size(a, e)
-  n_blocks = -(-a // block) + e  # static bound: sum_e ceil(count_e / block) <= a / block + e
-  order, sorted_e, counts = _sort_by_expert(topk_idx, e)
-  padded = -(-counts // block) * block  # [E]
-  ends = jnp.cumsum(padded)
-  rank = jnp.arange(a) - (jnp.cumsum(counts) - counts)[sorted_e]  # within its expert
-  row = (ends - padded)[sorted_e] + rank  # [A]: each assignment's row in the padded buffer
+  e = wg.shape[0]
+  block = block or block_size(t * k, e)
+  order, row, n_blocks, block_expert, _ = _block_layout(topk_idx, e, block)
   buf = jnp.zeros((n_blocks * block, x.shape[-1]), x.dtype).at[row].set(x[order // k])
-  # Blocks past the last expert's rows hold zeros, and SwiGLU maps zeros to zeros.
-  block_expert = jnp.minimum(jnp.searchsorted(ends, jnp.arange(n_blocks) * block, side="right"), e - 1)
   out = _swiglu_stacked(buf.reshape(n_blocks, block, -1), wg[block_expert], wu[block_expert],
                         wd[block_expert])
   return _combine(out.reshape(n_blocks * block, -1)[row], order, topk_weights, k, t, x.dtype)
+
+
+def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
+                   interpret: bool | None = None):
+  """The grouped layout through the Pallas grouped-matmul kernels (`moe_jax.grouped_matmul`).
+
+  Dropless; no per-block weight copies. Compiled with Triton on GPU and
+  interpreted elsewhere (`interpret` defaults to "not on a GPU").
+  """
+  t, k = topk_idx.shape
+  e = wg.shape[0]
+  if interpret is None:
+    interpret = jax.default_backend() != "gpu"
+  order, row, n_blocks, block_expert, block_starts = _block_layout(topk_idx, e, block)
+  buf = jnp.zeros((n_blocks * block, x.shape[-1]), x.dtype).at[row].set(x[order // k])
+  mm = lambda a, w: grouped_matmul.gmm(a, w, block_expert, block_starts, block, interpret)
+  h = jax.nn.silu(mm(buf, wg)) * mm(buf, wu)
+  return _combine(mm(h, wd)[row], order, topk_weights, k, t, x.dtype)
 
 
 def ragged_experts(x, topk_idx, topk_weights, wg, wu, wd):
@@ -269,7 +304,8 @@ class RoutedExperts(nn.Module):
       y, dropped = jax.vmap(fn)(x, topk_idx, topk_weights, valid)
       return y, dropped.sum()
     flat = lambda a: a.reshape((b * s,) + a.shape[2:])
-    fn = {"grouped": grouped_experts, "ragged_dot": ragged_experts, "dense": dense_experts}[c.dispatch]
+    fn = {"grouped": grouped_experts, "pallas": pallas_experts, "ragged_dot": ragged_experts,
+          "dense": dense_experts}[c.dispatch]
     y = fn(flat(x), flat(topk_idx), flat(topk_weights), wg, wu, wd)
     return y.reshape(x.shape), jnp.zeros((), jnp.int32)
 

@@ -31,7 +31,7 @@ def test_gpu_suite_smoke_runs_without_the_data_stack():
   figures = json.loads(out.stdout.strip().splitlines()[-1])  # the last line is the JSON
   assert set(GPU_FIGURES) <= set(figures)
   # Every backend computed the same layer as the dense reference (bf16 rounding only).
-  for backend in ("sorted", "grouped", "ragged_dot"):
+  for backend in ("sorted", "grouped", "pallas", "ragged_dot"):
     assert figures[f"{backend}_rel_error_vs_dense"] < 2e-2, backend
   for name in GPU_FIGURES[:3]:
     assert figures[name] > 0, name

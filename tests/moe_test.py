@@ -224,6 +224,7 @@ def _routing(kind, rng):
 
 _SORTED = jax.jit(moe.sorted_experts, static_argnums=6)
 _GROUPED = jax.jit(moe.grouped_experts)
+_PALLAS = jax.jit(moe.pallas_experts, static_argnames="block")  # interpreted on CPU
 _RAGGED = jax.jit(moe.ragged_experts)
 _DENSE = jax.jit(moe.dense_experts)
 
@@ -248,6 +249,8 @@ def test_dispatch_paths_match_loop(kind):
   np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="sorted")
   y = _GROUPED(x, idx, w, wg, wu, wd)
   np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="grouped")
+  y = _PALLAS(x, idx, w, wg, wu, wd, block=8)
+  np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="pallas")
   y = _RAGGED(x, idx, w, wg, wu, wd)
   np.testing.assert_allclose(np.asarray(y), want, rtol=RTOL, atol=atol, err_msg="ragged_dot")
   y = _DENSE(x, idx, w, wg, wu, wd)
@@ -266,6 +269,8 @@ def test_grouped_blocks_with_skewed_load():
   wg, wu, wd = _expert_weights(rng)
   want = _ref_experts(x, idx, w, wg, wu, wd)
   got = _GROUPED(x, idx.astype(np.int32), w, wg, wu, wd)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-5 * np.abs(want).max())
+  got = _PALLAS(x, idx.astype(np.int32), w, wg, wu, wd, block=16)
   np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-5 * np.abs(want).max())
 
 
@@ -293,6 +298,7 @@ def test_dispatch_gradients_agree(kind):
   paths = {
       "sorted": lambda *a: moe.sorted_experts(a[0], jidx, *a[1:], T)[0],
       "grouped": lambda *a: moe.grouped_experts(a[0], jidx, *a[1:]),
+      "pallas": lambda *a: moe.pallas_experts(a[0], jidx, *a[1:], block=8),
       "ragged_dot": lambda *a: moe.ragged_experts(a[0], jidx, *a[1:]),
       "dense": lambda *a: moe.dense_experts(a[0], jidx, *a[1:]),
   }
@@ -322,7 +328,7 @@ def test_routed_experts_module_dispatches_agree():
   x = rng.normal(0, 1, (b * s, D)).astype(np.float32)
   wg, wu, wd = _expert_weights(rng)
   want = _ref_experts(x, idx, w, wg, wu, wd).reshape(b, s, D)
-  for dispatch in ("sorted", "grouped", "ragged_dot", "dense"):
+  for dispatch in ("sorted", "grouped", "pallas", "ragged_dot", "dense"):
     c = _cfg(hidden_size=D, moe_intermediate_size=F, n_routed_experts=E, num_experts_per_tok=k,
              dispatch=dispatch)
     y, dropped = moe.RoutedExperts(c).apply(_routed_params(wg, wu, wd), x.reshape(b, s, D),
