@@ -42,6 +42,9 @@ RUNS = {
     "fft_data": ("fft", ["--config.mesh.data=8"], 8),
     "fft_fsdp": ("fft", ["--config.mesh.data=1", "--config.mesh.fsdp=8"], 8),
     "fft_expert": ("fft", ["--config.mesh.data=1", "--config.mesh.expert=8"], 8),
+    # The grouped dispatch sorts the whole batch, across the data-parallel devices.
+    "fft_grouped": ("fft", ["--config.mesh.data=2", "--config.mesh.expert=4",
+                            "--config.compute.dispatch=grouped"], 8),
     "esft_1dev": ("esft_token", ["--config.mesh.data=1"], 1),
     "esft_expert": ("esft_token", ["--config.mesh.data=2", "--config.mesh.expert=4"], 8),
     # 12 rows cannot split over data x fsdp = 2 x 4 devices.
@@ -53,6 +56,7 @@ MESHES = {  # the mesh each run must report
     "fft_fsdp": "{'data': 1, 'fsdp': 8, 'expert': 1, 'tensor': 1}",
     "fft_expert": "{'data': 1, 'fsdp': 1, 'expert': 8, 'tensor': 1}",
     "esft_expert": "{'data': 2, 'fsdp': 1, 'expert': 4, 'tensor': 1}",
+    "fft_grouped": "{'data': 2, 'fsdp': 1, 'expert': 4, 'tensor': 1}",
 }
 
 
@@ -134,7 +138,7 @@ def _assert_same_losses(runs, baseline: str, name: str):
                              err_msg=f"{name}: eval losses differ from 1 device")
 
 
-@pytest.mark.parametrize("name", ["fft_data", "fft_fsdp", "fft_expert"])
+@pytest.mark.parametrize("name", ["fft_data", "fft_fsdp", "fft_expert", "fft_grouped"])
 def test_fft_mesh_matches_one_device(runs, name):
   _assert_same_losses(runs, "fft_1dev", name)
 
