@@ -205,21 +205,35 @@ def block_size(assignments: int, n_experts: int) -> int:
 def _block_layout(topk_idx, n_experts: int, block: int):
   """Sorted assignments laid out in row blocks that each belong to one expert.
 
-  Returns (order [A], row [A], n_blocks, block_expert [n_blocks], block_starts [E + 1]):
-  assignment order[i] goes to buffer row row[i]; expert e owns row blocks
-  block_starts[e]:block_starts[e + 1]; later blocks are padding.
+  Returns (src [R], dest [T, K], block_expert [n_blocks], block_starts [E + 1]) for
+  R = n_blocks * block buffer rows: buffer row r holds token src[r] (T: a padding
+  row), assignment (t, j) sits in buffer row dest[t, j], and expert e owns row
+  blocks block_starts[e]:block_starts[e + 1] (later blocks are padding).
   """
+  t, k = topk_idx.shape
   a = topk_idx.size
   n_blocks = -(-a // block) + n_experts  # static bound: sum_e ceil(count_e / block) <= a / block + E
   order, sorted_e, counts = _sort_by_expert(topk_idx, n_experts)
   blocks = -(-counts // block)  # [E]
   block_starts = jnp.concatenate([jnp.zeros((1,), blocks.dtype), jnp.cumsum(blocks)]).astype(jnp.int32)
   rank = jnp.arange(a) - (jnp.cumsum(counts) - counts)[sorted_e]  # within its expert
-  row = block_starts[sorted_e] * block + rank
+  row = block_starts[sorted_e] * block + rank  # [A] in sorted order
+  src = jnp.full((n_blocks * block,), t, jnp.int32).at[row].set((order // k).astype(jnp.int32))
+  dest = jnp.zeros((a,), jnp.int32).at[order].set(row.astype(jnp.int32)).reshape(t, k)
   # Padding blocks past the last expert hold zeros; any expert maps zeros to zeros.
   block_expert = jnp.minimum(jnp.searchsorted(block_starts[1:], jnp.arange(n_blocks), side="right"),
                              n_experts - 1).astype(jnp.int32)
-  return order, row, n_blocks, block_expert, block_starts
+  return src, dest, block_expert, block_starts
+
+
+def _gather_rows(x, src):
+  """x [T, D] -> [R, D] with row r = x[src[r]], zeros where src[r] == T (one gather, no scatter)."""
+  return jnp.take(x, src, axis=0, mode="fill", fill_value=0)
+
+
+def _weighted_rows(y, dest, weights, dtype):
+  """Each token's gate-weighted sum of its K expert outputs: y [R, D], dest/weights [T, K] -> [T, D]."""
+  return jnp.einsum("tkd,tk->td", y[dest].astype(jnp.float32), weights.astype(jnp.float32)).astype(dtype)
 
 
 def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = None):
@@ -236,11 +250,11 @@ def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = N
   t, k = topk_idx.shape
   e = wg.shape[0]
   block = block or block_size(t * k, e)
-  order, row, n_blocks, block_expert, _ = _block_layout(topk_idx, e, block)
-  buf = jnp.zeros((n_blocks * block, x.shape[-1]), x.dtype).at[row].set(x[order // k])
-  out = _swiglu_stacked(buf.reshape(n_blocks, block, -1), wg[block_expert], wu[block_expert],
-                        wd[block_expert])
-  return _combine(out.reshape(n_blocks * block, -1)[row], order, topk_weights, k, t, x.dtype)
+  src, dest, block_expert, _ = _block_layout(topk_idx, e, block)
+  n_blocks = block_expert.shape[0]
+  buf = _gather_rows(x, src).reshape(n_blocks, block, -1)
+  out = _swiglu_stacked(buf, wg[block_expert], wu[block_expert], wd[block_expert])
+  return _weighted_rows(out.reshape(n_blocks * block, -1), dest, topk_weights, x.dtype)
 
 
 def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
@@ -254,11 +268,11 @@ def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
   e = wg.shape[0]
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
-  order, row, n_blocks, block_expert, block_starts = _block_layout(topk_idx, e, block)
-  buf = jnp.zeros((n_blocks * block, x.shape[-1]), x.dtype).at[row].set(x[order // k])
+  src, dest, block_expert, block_starts = _block_layout(topk_idx, e, block)
+  buf = _gather_rows(x, src)
   mm = lambda a, w: grouped_matmul.gmm(a, w, block_expert, block_starts, block, interpret)
   h = jax.nn.silu(mm(buf, wg)) * mm(buf, wu)
-  return _combine(mm(h, wd)[row], order, topk_weights, k, t, x.dtype)
+  return _weighted_rows(mm(h, wd), dest, topk_weights, x.dtype)
 
 
 def ragged_experts(x, topk_idx, topk_weights, wg, wu, wd):
