@@ -67,8 +67,9 @@ def test_step_scores_read_the_tag_positions(model):
   np.testing.assert_allclose(got[1], want[:2], rtol=1e-4)  # causal: a prefix scores the same
 
 
-def test_scores_keep_the_order_of_mixed_lengths(model):
-  """Solutions of many lengths (so several row widths) come back in the order given."""
+def test_scores_keep_the_order_of_mixed_lengths(model, monkeypatch):
+  """Solutions of many lengths (so several row widths, in chunks of 3) come back in the order given."""
+  monkeypatch.setattr(scoring, "_CHUNK", 3)
   ex = _examples()[2]
   steps = [s + " " + "1 + 1 = 2 ." * r for s in ex.steps for r in (0, 3, 9)]
   sols = [steps[i:i + 1 + (i * 5) % 4] for i in range(len(steps))]

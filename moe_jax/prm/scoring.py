@@ -6,18 +6,23 @@ from collections import defaultdict
 from typing import Sequence
 
 from moe_jax import input_pipeline
+from moe_jax.metric_writers import progress
 from moe_jax.model import Model
 from moe_jax.prm import data as prm_data
 from moe_jax.prm import reward
 
 _WIDTH_BUCKET = 32  # rows are padded to a multiple of this, so few shapes get compiled
+_CHUNK = 2048  # solutions packed and scored at a time (a progress step)
 
 
 def score_solutions(model: Model, tokenizer, items: Sequence[tuple[str, Sequence[str]]],
                     tag: str = prm_data.TAG, good: str = prm_data.GOOD, bad: str = prm_data.BAD,
-                    value_head: bool = False, seq_len: int = 1024,
-                    batch_size: int = 16) -> list[list[float]]:
-  """p(good) for each step of each (question, steps) item, in order."""
+                    value_head: bool = False, seq_len: int = 1024, batch_size: int = 16,
+                    show_progress: bool | None = None) -> list[list[float]]:
+  """p(good) for each step of each (question, steps) item, in order.
+
+  A progress bar shows from 1,000 items on (or as `show_progress` says).
+  """
   if not items:
     return []
   good_id, bad_id = reward.label_ids(tokenizer, good, bad)
@@ -35,16 +40,21 @@ def score_solutions(model: Model, tokenizer, items: Sequence[tuple[str, Sequence
   for i, enc in enumerate(encoded):
     by_width[-(-len(enc["tokens"]) // _WIDTH_BUCKET) * _WIDTH_BUCKET].append(i)
   out = [[] for _ in items]
-  for width, idx in sorted(by_width.items()):
-    # Packing keeps the solutions in order, and score_rows reads score positions row-major,
-    # so the flat scores are in the order of idx.
-    rows = input_pipeline.pack_fields([encoded[i] for i in idx], width, tokenizer.pad_id)
-    probs, _ = reward.score_rows(model, rows, head, batch_size)
-    at = 0
-    for i in idx:
-      n = len(items[i][1])
-      out[i] = [float(x) for x in probs[at:at + n]]
-      at += n
+  bar = progress(len(items), 0, "score", len(items) >= 1000 if show_progress is None else show_progress)
+  for width, group in sorted(by_width.items()):
+    for c in range(0, len(group), _CHUNK):
+      idx = group[c:c + _CHUNK]
+      # Packing keeps the solutions in order, and score_rows reads score positions row-major,
+      # so the flat scores are in the order of idx.
+      rows = input_pipeline.pack_fields([encoded[i] for i in idx], width, tokenizer.pad_id)
+      probs, _ = reward.score_rows(model, rows, head, batch_size)
+      at = 0
+      for i in idx:
+        n = len(items[i][1])
+        out[i] = [float(x) for x in probs[at:at + n]]
+        at += n
+      bar.update(len(idx))
+  bar.close()
   return out
 
 
