@@ -21,7 +21,7 @@ from typing import Any
 _MODEL_TYPES = ("deepseek", "deepseek_v2", "deepseek_v3")
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 _SCORING_FUNCS = ("softmax", "sigmoid")
-_DISPATCHES = ("sorted", "grouped", "pallas", "ragged_dot", "dense")
+_DISPATCHES = ("auto", "sorted", "grouped", "pallas", "ragged_dot", "dense")
 _ROPE_TYPES = ("default", "yarn")
 
 
@@ -81,8 +81,10 @@ class ModelConfig:
   # Ours, not Hugging Face's.
   device_aux_loss_alpha: float = 0.0  # DeepSeekMoE Eq. 14-15; 0 disables it
   n_balance_devices: int = 1  # D in the device-level loss: experts split in D groups
-  dispatch: str = "sorted"  # "sorted" (capacity buffers), "grouped", "pallas", "ragged_dot", "dense"
-  capacity_factor: float = 0.0  # sorted dispatch; <= 0 means dropless (capacity = tokens)
+  # "auto" (by backend, see moe.dispatch_for), "sorted" (capacity buffers), "grouped", "pallas",
+  # "ragged_dot", "dense"
+  dispatch: str = "auto"
+  capacity_factor: float = 0.0  # sorted dispatch (auto picks it when > 0); <= 0 means dropless
   dtype: str = "float32"  # activation dtype; the router always runs in float32
   param_dtype: str = "float32"
 

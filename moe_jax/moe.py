@@ -6,7 +6,7 @@ greedy, group-limited greedy (V2) and bias-corrected group routing (V3
 (DeepSeekMoE paper Eq. 9-11; shared spec deepseekmoe.md A.4).
 
 Dispatch runs the routed experts behind one interface, selected by
-`config.dispatch`:
+`config.dispatch` ("auto", the default, picks by backend: `dispatch_for`):
   * "sorted"     sort each sequence's (token, expert) pairs by expert into
                  [E, capacity, D] buffers and run three batched matmuls. The
                  default; `capacity_factor <= 0` makes it dropless.
@@ -136,6 +136,22 @@ def balance_losses(scores, topk_idx, token_mask, config: ModelConfig):
 
 
 # Dispatch --------------------------------------------------------------------
+
+# What "auto" runs: the fastest dropless dispatch measured on CPU (benchmarks/RESULTS.md),
+# jax's grouped matmul on TPU, and capacity buffers on GPU until the GPU suite has measured
+# the others there.
+_AUTO = {"cpu": "grouped", "gpu": "sorted", "tpu": "ragged_dot"}
+
+
+def dispatch_for(config: ModelConfig) -> str:
+  """The dispatch a config runs: its own, or for "auto" the backend's (capacity buffers when
+  a capacity factor is set, since only they drop)."""
+  if config.dispatch != "auto":
+    return config.dispatch
+  if config.capacity_factor > 0:
+    return "sorted"
+  return _AUTO.get(jax.default_backend(), "sorted")
+
 
 def capacity(tokens: int, config: ModelConfig) -> int:
   """Slots per expert for a group of `tokens` tokens; `tokens` itself when dropless."""
@@ -310,7 +326,8 @@ class RoutedExperts(nn.Module):
     wd = self.param("down_proj", dense_init(c, (sh.EXP, sh.MLP, sh.EMBED)), (e, f, d), pdt)
     wg, wu, wd = (w.astype(c.dtype) for w in (wg, wu, wd))
     b, s, _ = x.shape
-    if c.dispatch == "sorted":
+    dispatch = dispatch_for(c)
+    if dispatch == "sorted":
       # One routing group per sequence keeps the batch axis free for data parallelism.
       # Under a capacity limit padding must not take real tokens' slots; dropless, it is harmless.
       valid = token_mask if c.capacity_factor > 0 else jnp.ones_like(token_mask)
@@ -319,7 +336,7 @@ class RoutedExperts(nn.Module):
       return y, dropped.sum()
     flat = lambda a: a.reshape((b * s,) + a.shape[2:])
     fn = {"grouped": grouped_experts, "pallas": pallas_experts, "ragged_dot": ragged_experts,
-          "dense": dense_experts}[c.dispatch]
+          "dense": dense_experts}[dispatch]
     y = fn(flat(x), flat(topk_idx), flat(topk_weights), wg, wu, wd)
     return y.reshape(x.shape), jnp.zeros((), jnp.int32)
 

@@ -36,7 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Any ModelConfig field (Hugging Face names) may be set; None keeps the preset's value.
   c.model = ml_collections.ConfigDict(dict(preset="tiny", **_model_fields()))
   c.compute = ml_collections.ConfigDict(dict(
-      dispatch="sorted",  # token dispatch: "sorted", "ragged_dot" (TPU) or "dense"
+      # Token dispatch: "auto" (grouped on CPU, sorted on GPU, ragged_dot on TPU), "sorted",
+      # "grouped", "pallas", "ragged_dot" or "dense" (see moe_jax.moe).
+      dispatch="auto",
       capacity_factor=0.0,  # <= 0: dropless; 1.25-2.0 trades exactness for speed at scale
   ))
   # Optional base training before the main run (used by the quickstart).

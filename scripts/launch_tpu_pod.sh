@@ -35,7 +35,7 @@ Settings (environment variables, with their defaults):
 Example:
   BUCKET=my-bucket scripts/launch_tpu_pod.sh create
   BUCKET=my-bucket scripts/launch_tpu_pod.sh setup
-  BUCKET=my-bucket CONFIG=configs/fft.py scripts/launch_tpu_pod.sh run --config.compute.dispatch=ragged_dot
+  BUCKET=my-bucket CONFIG=configs/fft.py scripts/launch_tpu_pod.sh run --config.mesh.fsdp=4
   scripts/launch_tpu_pod.sh delete
 EOF
 }

@@ -348,16 +348,17 @@ def test_model_logits_same_for_every_dispatch():
   # values from the same seed. (Checked abstractly; compiling three inits is slow.)
   abstract = lambda c: jax.eval_shape(Transformer(c).init, jax.random.key(0),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
-  shapes = {d: abstract(base.replace(dispatch=d)) for d in ("sorted", "grouped", "ragged_dot", "dense")}
-  assert shapes["sorted"] == shapes["ragged_dot"] == shapes["dense"]
+  dispatches = ("auto", "sorted", "grouped", "pallas", "ragged_dot", "dense")
+  shapes = {d: abstract(base.replace(dispatch=d)) for d in dispatches}
+  assert all(shapes[d] == shapes["dense"] for d in dispatches)
   ref_model = init_model(base.replace(dispatch="dense"), seed=0)
   outs = {}
-  for dispatch in ("sorted", "grouped", "ragged_dot", "dense"):
+  for dispatch in dispatches:
     model = Model(base.replace(dispatch=dispatch), ref_model.variables)
     outs[dispatch] = model.apply(tokens, segment_ids=jnp.asarray(segments))
   ref = outs["dense"]
   scale = np.abs(np.asarray(ref.logits)).max()
-  for dispatch in ("sorted", "ragged_dot"):
+  for dispatch in dispatches[:-1]:
     o = outs[dispatch]
     np.testing.assert_allclose(np.asarray(o.logits), np.asarray(ref.logits), rtol=1e-5,
                                atol=1e-5 * scale, err_msg=dispatch)
@@ -366,6 +367,13 @@ def test_model_logits_same_for_every_dispatch():
     assert int(o.aux.dropped) == 0
   # Padding tokens load no expert: one MoE layer, 21 real tokens, K assignments each.
   assert int(ref.aux.expert_counts.sum()) == segments.sum() * base.num_experts_per_tok
+
+
+def test_auto_dispatch_by_backend_and_capacity():
+  assert moe.dispatch_for(_cfg()) == {"cpu": "grouped", "gpu": "sorted", "tpu": "ragged_dot"}[
+      jax.default_backend()]
+  assert moe.dispatch_for(_cfg(capacity_factor=1.25)) == "sorted"  # only capacity buffers drop
+  assert moe.dispatch_for(_cfg(dispatch="dense")) == "dense"
 
 
 # Capacity and dropping ---------------------------------------------------------
