@@ -135,6 +135,7 @@ def pack_fields(examples: Iterable[dict], seq_len: int, pad_id: int) -> dict:
 
 
 def read_examples(paths: Sequence[str], max_examples: int = 0) -> list[list[dict]]:
+  """Chat examples from ESFT JSONL files, in file order; the first `max_examples` if > 0."""
   examples = []
   for p in paths:
     examples.extend(read_chat_jsonl(p))

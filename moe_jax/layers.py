@@ -52,6 +52,7 @@ class RMSNorm(nn.Module):
 
 
 def rms_norm(config: ModelConfig, name: str, eps: float | None = None) -> RMSNorm:
+  """An RMSNorm with the config's dtypes; eps defaults to config.rms_norm_eps."""
   return RMSNorm(config.rms_norm_eps if eps is None else eps, config.dtype, config.param_dtype,
                  name=name)
 

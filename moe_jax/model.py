@@ -40,6 +40,7 @@ class Output:
 
 
 class DecoderLayer(nn.Module):
+  """Pre-norm attention then pre-norm MLP (a DeepSeekMoE block where `moe`, else a dense SwiGLU)."""
   config: ModelConfig
   moe: bool
 

@@ -115,6 +115,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedShard
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A sharding that keeps a full copy on every device of the mesh."""
   return NamedSharding(mesh, P())
 
 

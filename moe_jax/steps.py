@@ -29,6 +29,7 @@ from moe_jax.model import Transformer
 
 @flax.struct.dataclass
 class TrainState:
+  """What a train step carries: step count, the (split) parameters, buffers and optimizer state."""
   step: jax.Array
   params: Any  # the split parameter tree (see moe_jax.esft.partition)
   buffers: Any  # non-trained variables (V3 router bias); may be {}
@@ -119,6 +120,7 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
 
 
 def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec, loss_fn=lm_loss):
+  """eval_step(state, batch) -> {loss_sum, tokens}: the loss of the merged parameters, no update."""
   def eval_step(state: TrainState, batch: dict) -> dict:
     params = esft.merge(state.params, spec, config)
     _, (loss_sum, n, *_) = loss_fn(params, state.buffers, config, batch)

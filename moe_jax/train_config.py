@@ -29,6 +29,7 @@ def _model_fields() -> dict:
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every training field with its default; configs/*.py start from it and override."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # The model: a Hugging Face directory to start from, or a preset (+ any ModelConfig field).

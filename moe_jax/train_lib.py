@@ -62,6 +62,7 @@ def resolve_data_path(path: str) -> str:
 
 @dataclasses.dataclass
 class Data:
+  """A run's batches: this process's train and eval datasets, eval batch count, rows per batch."""
   train: Any  # grain MapDataset of this process's batches
   eval: Any
   eval_batches: int
@@ -93,6 +94,7 @@ def global_rows(batch: dict) -> dict:
 
 
 def load_data(data_cfg, tokenizer, seed: int, data_dir: str) -> Data:
+  """Packs the config's JSONL files into ArrayRecord (once) and returns this process's batches."""
   files = [resolve_data_path(p) for p in data_cfg.train_files]
   # Process 0 writes the ArrayRecord files; the others then find them (shared disk) or write
   # their own copy (one disk per host), never racing on one directory.
@@ -117,6 +119,7 @@ def _global_batch(batch: dict, shardings: dict) -> dict:
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
+  """The device mesh a config's `mesh` section asks for (-1: the remaining devices)."""
   return sharding.make_mesh(dict(cfg.mesh))
 
 

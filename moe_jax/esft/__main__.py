@@ -67,6 +67,7 @@ def _report(args) -> int:
 
 
 def main(argv=None) -> int:
+  """The command line: `python -m moe_jax.esft {select,overlap,report} ...`."""
   parser = argparse.ArgumentParser(prog="python -m moe_jax.esft", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)

@@ -152,6 +152,7 @@ def model_configs(quick: bool) -> dict[str, model_config.ModelConfig]:
 
 @dataclasses.dataclass
 class Plan:
+  """Sizes of one study: sequence length, batch, step counts, seeds and evaluation sizes."""
   seq_len: int
   batch: int
   pretrain_steps: int
@@ -163,6 +164,7 @@ class Plan:
 
 
 def plan(quick: bool, seeds: int) -> Plan:
+  """The full plan, or the --quick one that fits a test."""
   if quick:
     return Plan(128, 4, 30, 6, (0,), 2048, 8, 24)
   return Plan(256, 8, 600, 100, tuple(range(seeds)), 32768, 300, 96)
@@ -353,6 +355,7 @@ def adapt(name: str, method: str, base: Model, scores, p: Plan, files: dict, eva
 
 
 def run_study(out: str, data_dir: str | None, quick: bool, seeds: int = 3) -> dict:
+  """Runs (or resumes from `out`) every stage of the study; writes and returns the results."""
   os.makedirs(out, exist_ok=True)
   p = plan(quick, seeds)
   mesh = sharding.make_mesh({"data": -1})
@@ -449,6 +452,7 @@ def _verdict(a: list[float], b: list[float], lower_is_better: bool) -> str:
 
 
 def report(r: dict) -> str:
+  """RESULTS.md text from the results dict."""
   p = r["plan"]
   lines = ["# Small-scale reproduction of DeepSeekMoE and ESFT findings", "",
            f"Produced by `python -m moe_jax.esft.reproduce`{' --quick' if r['quick'] else ''}; "
@@ -562,6 +566,7 @@ def report(r: dict) -> str:
 
 
 def main(argv=None) -> int:
+  """The command line: `python -m moe_jax.esft.reproduce --out DIR [--quick]`."""
   parser = argparse.ArgumentParser(prog="python -m moe_jax.esft.reproduce", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True)

@@ -170,6 +170,7 @@ def select_experts(scores: Mapping[int, np.ndarray], top_p: float, decimals: int
 
 
 def write_expert_config(cfg: dict, path: str | os.PathLike) -> None:
+  """Writes an expert config as JSON, whole or not at all (temporary file, then rename)."""
   path = os.fspath(path)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -192,6 +193,10 @@ def read_expert_config(path: str | os.PathLike, moe_layers: Sequence[int] | None
 
 
 def validate_expert_config(cfg, moe_layers=None, n_experts=None, source="expert config") -> dict:
+  """The expert config normalised (string layer keys, both flags present); ExpertConfigError naming `source` otherwise.
+
+  Checks the layer keys against `moe_layers` and the ids against `n_experts` where given.
+  """
   if not isinstance(cfg, dict) or not isinstance(cfg.get("experts"), dict):
     raise ExpertConfigError(f"{source}: expected an object with an 'experts' mapping")
   experts = {}

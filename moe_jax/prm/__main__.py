@@ -91,6 +91,7 @@ def _convert(argv) -> int:
 
 
 def main(argv=None) -> int:
+  """The command line: `python -m moe_jax.prm {convert,annotate,verify} ...`."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] not in ("annotate", "verify", "convert"):
     print(__doc__, file=sys.stderr)

@@ -58,6 +58,7 @@ ERROR_TYPES = ("format", "arithmetic", "operand", "skipped", "extra")
 
 @dataclasses.dataclass(frozen=True)
 class Op:
+  """One operation of a problem: kind and operand, and the question sentence stating it."""
   kind: str  # "+", "-", "*", "/"
   operand: int
   text: str  # the question sentence that states this operation
@@ -65,6 +66,7 @@ class Op:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
+  """An ArithChain problem: the start value, K operations, every intermediate value and the answer."""
   question: str
   start: int  # s_0, 1..20
   ops: tuple[Op, ...]  # K operations, applied in order
@@ -181,6 +183,7 @@ def make_split(name: str, n: int, seed: int = 0, ks: Sequence[int] = (2, 3, 4, 5
 
 @dataclasses.dataclass(frozen=True)
 class Check:
+  """The exact checker's verdict on a solution, step by step (see `check`)."""
   process_correct: tuple[bool, ...]  # per step
   locally_valid: tuple[bool, ...]  # per step: parsed "a op b = c" with a op b == c exactly
   first_error: int  # smallest i not process-correct; -1 if none (0 for an empty solution)

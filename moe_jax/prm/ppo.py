@@ -368,6 +368,7 @@ def greedy_accuracy(policy: Model, tokenizer, questions: Sequence[str], golds: S
 # -- the loop -------------------------------------------------------------------------
 
 def hyper(p: ml_collections.ConfigDict) -> Hyper:
+  """The PPO hyperparameters of a config's `ppo` section."""
   return Hyper(p.kl_coef, p.gamma, p.lam, p.clip, p.value_clip, p.vf_coef, p.ent_coef, p.whiten)
 
 

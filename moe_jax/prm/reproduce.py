@@ -48,6 +48,7 @@ from moe_jax.prm.data import Example
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+  """Sizes of one reproduction: model, SFT, labelling, reward models, test sets and PPO."""
   hidden: int
   layers: int
   n_sft: int
@@ -73,6 +74,7 @@ class Plan:
 
 
 def plan(quick: bool) -> Plan:
+  """The full plan (fits 90 minutes on 2 CPU cores), or the --quick one that fits a test."""
   if quick:
     return Plan(64, 2, 400, 10, 20, 4, 192, 8, 8, 4, 4, 3, 4, 6, 6, 8, 4, (1, 4, 8), 2, 8, 32, 200)
   return Plan(128, 3, 20000, 200, 800, 32, 192, 200, 300, 8, 8, 60, 16, 80, 1000, 64, 100,
@@ -147,6 +149,7 @@ def _model(path: str, fn) -> Model:
 # -- 1. generator / completer -------------------------------------------------------
 
 def sft(p: Plan, out: str, tok, problems: Sequence[arith.Problem]) -> tuple[Model, Model]:
+  """The weak and the strong generator/completer, SFT on gold solutions (cached in out/models)."""
   mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
   path = os.path.join(out, "data", "sft.jsonl")
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -211,6 +214,7 @@ def _prompt_len(tok, problems) -> int:
 
 def accuracy(model: Model, tok, problems, p: Plan, prompt_len: int, temperature: float = 0.0,
              seed: int = 0) -> float:
+  """Share of problems whose sampled (greedy by default) solution ends in the right answer."""
   sols = sample(model, tok, problems, 1, temperature, seed, p, prompt_len)
   return float(np.mean([gsm8k.answers_equal(_answer(s[0]), str(q.answer))
                         for s, q in zip(sols, problems)]))
@@ -298,6 +302,7 @@ def _rm_cfg(p: Plan, orm: bool, label: str) -> ml_collections.ConfigDict:
 
 def train_rms(p: Plan, out: str, strong: Model, tok, rows: list[dict], problems) -> dict[str, Model]:
   # Hold out the last problems' solutions: 10%, or more where that cannot fill a batch.
+  """The ORM, PRM-HE, PRM-SE and oracle PRM, trained from the strong model (cached)."""
   cut = max(1, int(0.9 * len(problems)))
   while cut > 1 and sum(r["problem"] >= cut for r in rows) < 4 * p.batch:
     cut -= 1
@@ -368,6 +373,7 @@ def _ci(x: np.ndarray, boot: np.ndarray) -> list[float]:
 
 
 def by_k(problems, hits: dict, n: int, buckets) -> dict:
+  """Each method's accuracy at N=n within each bucket of problem lengths K."""
   out = {}
   for name, ks in buckets.items():
     sel = np.asarray([q.k in ks for q in problems])
@@ -412,6 +418,7 @@ def rm_solution_metrics(problems, cands, scores) -> dict:
 # -- 5. PPO ---------------------------------------------------------------------------
 
 def ppo_runs(p: Plan, out: str, strong: Model, rms: dict, tok, problems, test, prompt_len) -> dict:
+  """Step PPO (PRM-HE delta rewards) and ORM PPO from the strong model; greedy test accuracy before and after."""
   questions = [q.question for q in problems]
   results = {"before": accuracy(strong, tok, test, p, prompt_len)}
   mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
@@ -438,6 +445,7 @@ def ppo_runs(p: Plan, out: str, strong: Model, rms: dict, tok, problems, test, p
 # -- the study -------------------------------------------------------------------------
 
 def run_study(out: str, quick: bool) -> dict:
+  """Runs (or resumes from `out`) every stage; writes RESULTS.md, results.json and the plot."""
   os.makedirs(out, exist_ok=True)
   p = plan(quick)
   t0 = time.time()
@@ -555,6 +563,7 @@ _SHOWN = ("random", "majority", "orm", "orm+vote", "prm_he_min", "prm_he_min+vot
 
 
 def plot(r: dict, path: str) -> None:
+  """accuracy_vs_n.png: best-of-N accuracy by N for each method, test and longer problems."""
   from matplotlib.figure import Figure  # pyplot-free: no global backend switch
   fig = Figure(figsize=(11, 4))
   axes = fig.subplots(1, 2)
@@ -586,6 +595,7 @@ def _verdict(ci, lower_better=False) -> str:
 
 
 def report(r: dict) -> str:
+  """RESULTS.md text from the results dict."""
   p, ns = r["plan"], r["plan"]["ns"]
   n_max = ns[-1]
   lines = ["# Math-Shepherd, reproduced offline on ArithChain", "",
@@ -710,6 +720,7 @@ def report(r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line: `python -m moe_jax.prm.reproduce --out DIR [--quick] [--report-only]`."""
   parser = argparse.ArgumentParser(prog="python -m moe_jax.prm.reproduce", description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="output directory (stages cached there)")
   parser.add_argument("--quick", action="store_true", help="a tiny run in a few minutes (the test)")

@@ -45,6 +45,7 @@ def label_ids(tokenizer, good: str = "+", bad: str = "-") -> tuple[int, int]:
 
 
 def init_value_head(hidden_size: int) -> dict:
+  """A zero-initialised scalar value head: kernel [hidden_size] and bias."""
   return {"kernel": jnp.zeros((hidden_size,), jnp.float32), "bias": jnp.zeros((), jnp.float32)}
 
 

@@ -38,6 +38,10 @@ def encode_examples(examples, tokenizer, tag: str, orm: bool, source: str = "") 
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """A PRM/ORM run from a config (task=prm): base model, data, train, step metrics, export.
+
+  Returns the run's summary (metrics before and after, losses, trainable parameters).
+  """
   os.makedirs(workdir, exist_ok=True)
   p = cfg.prm
   mesh = train_lib.make_mesh(cfg)
