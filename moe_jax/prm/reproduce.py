@@ -525,7 +525,7 @@ def run_study(out: str, quick: bool) -> dict:
       "model": dataclasses.asdict(weak.config),
       "params": int(sum(x.size for x in jax.tree_util.tree_leaves(weak.params))),
       "calibration": calib, "labels": labels,
-      "rm_summaries": {n: _read(os.path.join(out, "work", n, "summary.json")) for n in rms},
+      "rm_summaries": {n: _rm_summary(os.path.join(out, "work", n, "summary.json")) for n in rms},
       "rm_step_metrics": rm_step_metrics(splits["test"], test_cands, scores),
       "rm_solution_metrics": rm_solution_metrics(splits["test"], test_cands, scores),
       "bon": {k: v for k, v in bon.items() if k != "hits"},
@@ -548,13 +548,10 @@ def run_study(out: str, quick: bool) -> dict:
   return result
 
 
-def _read(path):
-  try:
-    with open(path, encoding="utf-8") as f:
-      s = json.load(f)
-    return {k: s[k] for k in ("metrics_before", "metrics_after", "eval_loss_after") if k in s}
-  except OSError:
-    return {}
+def _rm_summary(path):
+  """The metrics of an RM's summary.json (empty if the run left none)."""
+  s = _read_json(path, {})
+  return {k: s[k] for k in ("metrics_before", "metrics_after", "eval_loss_after") if k in s}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
