@@ -8,8 +8,8 @@ greedy, group-limited greedy (V2) and bias-corrected group routing (V3
 Dispatch runs the routed experts behind one interface, selected by
 `config.dispatch` ("auto", the default, picks by backend: `dispatch_for`):
   * "sorted"     sort each sequence's (token, expert) pairs by expert into
-                 [E, capacity, D] buffers and run three batched matmuls. The
-                 default; `capacity_factor <= 0` makes it dropless.
+                 [E, capacity, D] buffers and run three batched matmuls; the
+                 only dispatch that drops (`capacity_factor <= 0`: dropless).
   * "grouped"    sort the whole batch's assignments by expert once, pad each
                  expert's rows to a multiple of a small block, and run the
                  three matmuls batched over blocks (dropless; work grows with
@@ -20,7 +20,10 @@ Dispatch runs the routed experts behind one interface, selected by
   * "ragged_dot" the same sort, then `jax.lax.ragged_dot` grouped matmuls
                  (dropless; fast on TPU, not on GPU or CPU).
   * "dense"      every expert on every token, weighted by the (mostly zero)
-                 gates: the reference the other two are tested against.
+                 gates: the reference the others are tested against.
+
+All but "dense" move tokens in and out of their expert buffers with gathers
+only, forward and backward (`_rows_in`, `_rows_out`).
 """
 
 from __future__ import annotations
@@ -172,18 +175,76 @@ def _sort_by_expert(topk_idx, n_experts):
   return order, flat[order], jnp.bincount(flat, length=n_experts)
 
 
+# Rows in, rows out ------------------------------------------------------------
+# Every dropless or capacity dispatch lays the (token, expert) assignments out as
+# rows of a buffer [R, D], described by two index maps: row_of [T, K], the buffer
+# row of assignment (t, j) (R or more: dropped), and assignment_of [R], the flat
+# assignment t * K + j a row holds (T * K: an empty row). The maps are one-to-one,
+# so both moves and both of their transposes are gathers: "row r takes token t"
+# transposes to "token t sums its K rows". No scatter-add runs forward or
+# backward (XLA runs scatters serially on CPU and with atomics on GPU).
+
+def _layout_maps(order, row, n_rows: int, topk_shape):
+  """(row_of [T, K], assignment_of [n_rows]) from the row of each sorted assignment.
+
+  order [A]: flat assignment at each sorted position; row [A]: its buffer row
+  (n_rows or more: dropped).
+  """
+  a = order.shape[0]
+  row = row.astype(jnp.int32)
+  row_of = jnp.zeros((a,), jnp.int32).at[order].set(row).reshape(topk_shape)
+  assignment_of = jnp.full((n_rows,), a, jnp.int32).at[row].set(order.astype(jnp.int32), mode="drop")
+  return row_of, assignment_of
+
+
+@jax.custom_vjp
+def _rows_in(x, row_of, assignment_of):
+  """x [T, D] -> buffer [R, D]: each row its assignment's token (zeros in empty rows)."""
+  return jnp.take(x, assignment_of // row_of.shape[1], axis=0, mode="fill", fill_value=0)
+
+
+def _rows_in_fwd(x, row_of, assignment_of):
+  return _rows_in(x, row_of, assignment_of), (row_of, assignment_of)
+
+
+def _rows_in_bwd(res, g):
+  row_of, _ = res  # g: [R, D] -> each token sums the cotangents of its K rows
+  picked = jnp.take(g, row_of, axis=0, mode="fill", fill_value=0)  # [T, K, D]; dropped: 0
+  return jnp.sum(picked.astype(jnp.float32), 1).astype(g.dtype), None, None
+
+
+_rows_in.defvjp(_rows_in_fwd, _rows_in_bwd)
+
+
+@jax.custom_vjp
+def _rows_out(y, weights, row_of, assignment_of):
+  """Each token's gate-weighted sum of its K rows: y [R, D], weights [T, K] -> [T, D] float32."""
+  picked = jnp.take(y, row_of, axis=0, mode="fill", fill_value=0)  # [T, K, D]; dropped: 0
+  return jnp.einsum("tkd,tk->td", picked.astype(jnp.float32), weights.astype(jnp.float32))
+
+
+def _rows_out_fwd(y, weights, row_of, assignment_of):
+  return _rows_out(y, weights, row_of, assignment_of), (y, weights, row_of, assignment_of)
+
+
+def _rows_out_bwd(res, g):
+  y, weights, row_of, assignment_of = res  # g: [T, D] float32
+  k = row_of.shape[1]
+  w_ext = jnp.append(weights.reshape(-1).astype(jnp.float32), 0.0)  # index T * K: empty row
+  g_rows = jnp.take(g, assignment_of // k, axis=0, mode="fill", fill_value=0)  # [R, D]
+  dy = (g_rows * w_ext[assignment_of][:, None]).astype(y.dtype)
+  picked = jnp.take(y, row_of, axis=0, mode="fill", fill_value=0).astype(jnp.float32)
+  dweights = jnp.einsum("tkd,td->tk", picked, g).astype(weights.dtype)
+  return dy, dweights, None, None
+
+
+_rows_out.defvjp(_rows_out_fwd, _rows_out_bwd)
+
+
 def _swiglu_stacked(x, wg, wu, wd):
   """x: [E, C, D] through each expert's SwiGLU: wg, wu [E, D, F], wd [E, F, D]."""
   h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", x, wg)) * jnp.einsum("ecd,edf->ecf", x, wu)
   return jnp.einsum("ecf,efd->ecd", h, wd)
-
-
-def _combine(y_sorted, order, weights, k, n_tokens, dtype):
-  """Sums gate-weighted expert outputs [A, D] (sorted order) back onto tokens [T, D]."""
-  w = weights.reshape(-1)[order].astype(jnp.float32)
-  contrib = y_sorted.astype(jnp.float32) * w[:, None]
-  out = jnp.zeros((n_tokens, y_sorted.shape[-1]), jnp.float32).at[order // k].add(contrib)
-  return out.astype(dtype)
 
 
 def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert, valid=None):
@@ -201,11 +262,11 @@ def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert, v
   pos = jnp.arange(t * k) - starts[sorted_e]  # rank of each assignment within its expert
   kept = (pos < cap) & (sorted_e < e)
   slot = jnp.where(kept, sorted_e * cap + pos, e * cap)  # e * cap: out of range = dropped
-  buf = jnp.zeros((e * cap, x.shape[-1]), x.dtype).at[slot].set(x[order // k], mode="drop")
-  out = _swiglu_stacked(buf.reshape(e, cap, -1), wg, wu, wd).reshape(e * cap, -1)
-  y_sorted = jnp.take(out, slot, axis=0, mode="fill", fill_value=0)
+  row_of, assignment_of = _layout_maps(order, slot, e * cap, (t, k))
+  buf = _rows_in(x, row_of, assignment_of).reshape(e, cap, -1)
+  out = _swiglu_stacked(buf, wg, wu, wd).reshape(e * cap, -1)
   dropped = jnp.sum(~kept & (sorted_e < e)).astype(jnp.int32)
-  return _combine(y_sorted, order, topk_weights, k, t, x.dtype), dropped
+  return _rows_out(out, topk_weights, row_of, assignment_of).astype(x.dtype), dropped
 
 
 def block_size(assignments: int, n_experts: int) -> int:
@@ -221,35 +282,22 @@ def block_size(assignments: int, n_experts: int) -> int:
 def _block_layout(topk_idx, n_experts: int, block: int):
   """Sorted assignments laid out in row blocks that each belong to one expert.
 
-  Returns (src [R], dest [T, K], block_expert [n_blocks], block_starts [E + 1]) for
-  R = n_blocks * block buffer rows: buffer row r holds token src[r] (T: a padding
-  row), assignment (t, j) sits in buffer row dest[t, j], and expert e owns row
+  Returns (row_of [T, K], assignment_of [R], block_expert [n_blocks],
+  block_starts [E + 1]) for R = n_blocks * block buffer rows: expert e owns row
   blocks block_starts[e]:block_starts[e + 1] (later blocks are padding).
   """
-  t, k = topk_idx.shape
   a = topk_idx.size
   n_blocks = -(-a // block) + n_experts  # static bound: sum_e ceil(count_e / block) <= a / block + E
   order, sorted_e, counts = _sort_by_expert(topk_idx, n_experts)
   blocks = -(-counts // block)  # [E]
   block_starts = jnp.concatenate([jnp.zeros((1,), blocks.dtype), jnp.cumsum(blocks)]).astype(jnp.int32)
   rank = jnp.arange(a) - (jnp.cumsum(counts) - counts)[sorted_e]  # within its expert
-  row = block_starts[sorted_e] * block + rank  # [A] in sorted order
-  src = jnp.full((n_blocks * block,), t, jnp.int32).at[row].set((order // k).astype(jnp.int32))
-  dest = jnp.zeros((a,), jnp.int32).at[order].set(row.astype(jnp.int32)).reshape(t, k)
+  row_of, assignment_of = _layout_maps(order, block_starts[sorted_e] * block + rank,
+                                       n_blocks * block, topk_idx.shape)
   # Padding blocks past the last expert hold zeros; any expert maps zeros to zeros.
   block_expert = jnp.minimum(jnp.searchsorted(block_starts[1:], jnp.arange(n_blocks), side="right"),
                              n_experts - 1).astype(jnp.int32)
-  return src, dest, block_expert, block_starts
-
-
-def _gather_rows(x, src):
-  """x [T, D] -> [R, D] with row r = x[src[r]], zeros where src[r] == T (one gather, no scatter)."""
-  return jnp.take(x, src, axis=0, mode="fill", fill_value=0)
-
-
-def _weighted_rows(y, dest, weights, dtype):
-  """Each token's gate-weighted sum of its K expert outputs: y [R, D], dest/weights [T, K] -> [T, D]."""
-  return jnp.einsum("tkd,tk->td", y[dest].astype(jnp.float32), weights.astype(jnp.float32)).astype(dtype)
+  return row_of, assignment_of, block_expert, block_starts
 
 
 def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = None):
@@ -263,14 +311,13 @@ def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = N
   expert's weights ([blocks, D, F] gathered), which suits CPUs and small models;
   a larger `block` (default `block_size`) trades padding for fewer copies.
   """
-  t, k = topk_idx.shape
   e = wg.shape[0]
-  block = block or block_size(t * k, e)
-  src, dest, block_expert, _ = _block_layout(topk_idx, e, block)
+  block = block or block_size(topk_idx.size, e)
+  row_of, assignment_of, block_expert, _ = _block_layout(topk_idx, e, block)
   n_blocks = block_expert.shape[0]
-  buf = _gather_rows(x, src).reshape(n_blocks, block, -1)
+  buf = _rows_in(x, row_of, assignment_of).reshape(n_blocks, block, -1)
   out = _swiglu_stacked(buf, wg[block_expert], wu[block_expert], wd[block_expert])
-  return _weighted_rows(out.reshape(n_blocks * block, -1), dest, topk_weights, x.dtype)
+  return _rows_out(out.reshape(n_blocks * block, -1), topk_weights, row_of, assignment_of).astype(x.dtype)
 
 
 def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
@@ -280,25 +327,22 @@ def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
   Dropless; no per-block weight copies. Compiled with Triton on GPU and
   interpreted elsewhere (`interpret` defaults to "not on a GPU").
   """
-  t, k = topk_idx.shape
-  e = wg.shape[0]
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
-  src, dest, block_expert, block_starts = _block_layout(topk_idx, e, block)
-  buf = _gather_rows(x, src)
+  row_of, assignment_of, block_expert, block_starts = _block_layout(topk_idx, wg.shape[0], block)
+  buf = _rows_in(x, row_of, assignment_of)
   mm = lambda a, w: grouped_matmul.gmm(a, w, block_expert, block_starts, block, interpret)
   h = jax.nn.silu(mm(buf, wg)) * mm(buf, wu)
-  return _weighted_rows(mm(h, wd), dest, topk_weights, x.dtype)
+  return _rows_out(mm(h, wd), topk_weights, row_of, assignment_of).astype(x.dtype)
 
 
 def ragged_experts(x, topk_idx, topk_weights, wg, wu, wd):
   """Grouped-matmul dispatch with `jax.lax.ragged_dot`; dropless. x: [T, D], topk_*: [T, K]."""
-  t, k = topk_idx.shape
   order, _, counts = _sort_by_expert(topk_idx, wg.shape[0])
-  xs = x[order // k]  # [A, D], grouped by expert
+  row_of, assignment_of = _layout_maps(order, jnp.arange(order.shape[0]), order.shape[0], topk_idx.shape)
+  xs = _rows_in(x, row_of, assignment_of)  # [A, D], grouped by expert
   h = jax.nn.silu(jax.lax.ragged_dot(xs, wg, counts)) * jax.lax.ragged_dot(xs, wu, counts)
-  y_sorted = jax.lax.ragged_dot(h, wd, counts)
-  return _combine(y_sorted, order, topk_weights, k, t, x.dtype)
+  return _rows_out(jax.lax.ragged_dot(h, wd, counts), topk_weights, row_of, assignment_of).astype(x.dtype)
 
 
 def dense_experts(x, topk_idx, topk_weights, wg, wu, wd):

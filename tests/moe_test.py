@@ -274,14 +274,16 @@ def test_grouped_blocks_with_skewed_load():
   np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-5 * np.abs(want).max())
 
 
-def _torch_grads(x, idx, w, wg, wu, wd, ct):
-  """Float64 autograd of sum(ct * loop(x)) wrt (x, weights, wg, wu, wd)."""
+def _torch_grads(x, idx, w, wg, wu, wd, ct, keep=None):
+  """Float64 autograd of sum(ct * loop(x)) wrt (x, weights, wg, wu, wd); `keep` [T, K] skips drops."""
   leaves = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in (x, w, wg, wu, wd)]
   tx, tw, tg, tu, td = leaves
   rows = []
   for t in range(x.shape[0]):
     acc = torch.zeros(x.shape[1], dtype=torch.float64)
     for j in range(idx.shape[1]):
+      if keep is not None and not keep[t, j]:
+        continue
       e = int(idx[t, j])
       h = torch.nn.functional.silu(tx[t] @ tg[e]) * (tx[t] @ tu[e])
       acc = acc + tw[t, j] * (h @ td[e])
@@ -429,6 +431,30 @@ def test_sorted_dispatch_drops_beyond_capacity():
   # A token all of whose assignments were dropped gets exactly zero from the routed experts.
   for t in np.flatnonzero(~keep.any(1)):
     assert np.all(np.asarray(y)[t] == 0)
+
+
+def test_sorted_gradients_with_drops_and_padding():
+  """Dropped assignments and padding tokens pass no gradient; the rest match float64 autograd."""
+  rng = np.random.default_rng(11)
+  k = 2
+  idx = np.stack([rng.choice([0, 1, 2, 5], k, replace=False, p=[0.4, 0.3, 0.2, 0.1])
+                  for _ in range(T)]).astype(np.int32)
+  w = rng.uniform(0.1, 1.0, idx.shape).astype(np.float32)
+  x = rng.normal(0, 1, (T, D)).astype(np.float32)
+  wg, wu, wd = _expert_weights(rng)
+  valid = np.arange(T) >= 2  # two padding tokens in front
+  cap = 3
+  # The loop keeps, per expert, the first `cap` assignments of valid tokens (sorted order).
+  keep = np.zeros(idx.shape, bool)
+  keep[valid] = _ref_keep(idx[valid], cap)
+  assert (~keep[valid]).any()  # something is dropped
+  ct = rng.normal(0, 1, (T, D)).astype(np.float32)
+  loss = lambda *a: jnp.sum(moe.sorted_experts(a[0], jnp.asarray(idx), *a[1:], cap, jnp.asarray(valid))[0] * ct)
+  got = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(x, w, wg, wu, wd)
+  want = _torch_grads(x, idx, w, wg, wu, wd, ct, keep)
+  for name, g, r in zip(("x", "topk_weights", "gate_proj", "up_proj", "down_proj"), got, want):
+    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-5 * np.abs(r).max(), err_msg=name)
+  assert np.all(np.asarray(got[0])[:2] == 0) and np.all(np.asarray(got[1])[~keep] == 0)
 
 
 def test_routed_experts_capacity_is_per_sequence():
