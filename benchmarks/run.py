@@ -3,9 +3,11 @@
     python benchmarks/run.py --suite cpu            # minutes on 2 cores
     python benchmarks/run.py --suite gpu            # one GPU run of a few minutes
     python benchmarks/run.py --suite gpu --smoke    # the GPU suite's code on tiny shapes, any machine
+    python benchmarks/run.py --suite gpu --sections train,v2lite   # some sections only
 
-Each suite prints a table, then one JSON line with every figure. Record results
-in benchmarks/RESULTS.md. This script imports only jax, flax, optax, numpy and
+Each suite prints a table row by row, then one JSON line with every figure,
+also when SIGTERM or Ctrl-C stops it early. Record results in
+benchmarks/RESULTS.md. This script imports only jax, flax, optax, numpy and
 moe_jax's model code: no grain, tensorflow-datasets or ml_collections, which the
 GPU machine lacks (tests/benchmarks_test.py runs the smoke suite without them).
 
@@ -21,6 +23,7 @@ import functools
 import json
 import math
 import platform
+import signal
 import time
 import types
 
@@ -238,52 +241,82 @@ def kv_cache(batch: int, prompt: int, new: int):
 
 # Suites -----------------------------------------------------------------------------------------
 
-def cpu_suite() -> tuple[list, dict]:
-  rows, figures = [], {}
+class Report:
+  """Prints each measurement as it is taken and keeps the figures for the closing JSON line.
+
+  Rows go out at once, so a run cut short (a timeout's SIGTERM, Ctrl-C) has
+  printed what it measured; `main` still ends it with the JSON line.
+  """
+
+  def __init__(self):
+    self.figures = {}
+    print(f"{'measurement':<78} value", flush=True)
+
+  def row(self, name: str, value) -> None:
+    text = f"{value:,.4g}" if isinstance(value, (int, float)) else str(value)
+    print(f"{name:<78} {text}", flush=True)
+
+  def figure(self, name: str, value) -> None:
+    self.figures[name] = value
+
+
+def cpu_expert_layers(out: Report, smoke: bool) -> None:
+  """64 experts top-8 against 8 experts top-1 with the same active parameters."""
+  tokens, d = (512, 64) if smoke else (4096, 256)
   for backend, name in (("grouped", "grouped, dropless"), ("sorted", "sorted, capacity 1.25")):
-    e64, _ = expert_layer(backend, 4096, 256, 32, 64, 8)
-    e8, _ = expert_layer(backend, 4096, 256, 256, 8, 1)
-    rows += [(f"expert layer E=64 top-8 F=32, 4096 tokens, d=256, fwd+bwd, {name} (s)", e64),
-             (f"expert layer E=8 top-1 F=256, same active parameters, {name} (s)", e8)]
-    figures["moe_e64_vs_e8_time_ratio" + ("" if backend == "grouped" else "_sorted")] = e64 / e8
+    e64, _ = expert_layer(backend, tokens, d, d // 8, 64, 8)
+    e8, _ = expert_layer(backend, tokens, d, d, 8, 1)
+    out.row(f"expert layer E=64 top-8 F={d // 8}, {tokens} tokens, d={d}, fwd+bwd, {name} (s)", e64)
+    out.row(f"expert layer E=8 top-1 F={d}, same active parameters, {name} (s)", e8)
+    out.figure("moe_e64_vs_e8_time_ratio" + ("" if backend == "grouped" else "_sorted"), e64 / e8)
   # The same comparison with experts as wide, relative to d, as DeepSeek-V2-Lite's (1408 / 2048):
-  # F = 32 above is 1/8 of d, which leaves XLA:CPU's batched matmuls too small to use both cores.
-  e64, _ = expert_layer("grouped", 4096, 256, 176, 64, 8)
-  e8, _ = expert_layer("grouped", 4096, 256, 1408, 8, 1)
-  rows += [("expert layer E=64 top-8 F=176 (V2-Lite's F/d), 4096 tokens, d=256, grouped (s)", e64),
-           ("expert layer E=8 top-1 F=1408, same active parameters, grouped (s)", e8)]
-  figures["moe_e64_vs_e8_time_ratio_v2lite_widths"] = e64 / e8
-  cached, uncached = kv_cache(batch=64, prompt=16, new=256)
-  figures["kv_cache_speedup"] = uncached / cached
-  rows += [("generate 256 tokens, batch 64, KV cache (s)", cached),
-           ("generate 256 tokens, batch 64, no cache (s)", uncached)]
+  # F = d/8 above leaves XLA:CPU's batched matmuls too small to use both cores.
+  f = round(d * 1408 / 2048)
+  e64, _ = expert_layer("grouped", tokens, d, f, 64, 8)
+  e8, _ = expert_layer("grouped", tokens, d, 8 * f, 8, 1)
+  out.row(f"expert layer E=64 top-8 F={f} (V2-Lite's F/d), {tokens} tokens, d={d}, grouped (s)", e64)
+  out.row(f"expert layer E=8 top-1 F={8 * f}, same active parameters, grouped (s)", e8)
+  out.figure("moe_e64_vs_e8_time_ratio_v2lite_widths", e64 / e8)
+
+
+def cpu_generation(out: Report, smoke: bool) -> None:
+  """Sampling with the KV cache against recomputing the prefix for every token."""
+  batch, new = (8, 16) if smoke else (64, 256)
+  cached, uncached = kv_cache(batch=batch, prompt=16, new=new)
+  out.row(f"generate {new} tokens, batch {batch}, KV cache (s)", cached)
+  out.row(f"generate {new} tokens, batch {batch}, no cache (s)", uncached)
+  out.figure("kv_cache_speedup", uncached / cached)
+
+
+def cpu_train_steps(out: Report, smoke: bool) -> None:
+  """ESFT against full fine-tuning of a small model: step time and optimizer bytes."""
   cfg = C.tiny(hidden_size=128, num_hidden_layers=3, n_routed_experts=16, num_experts_per_tok=4,
                moe_intermediate_size=64, dispatch="grouped")
-  batch = _batch(cfg, 8, 255)
+  batch = _batch(cfg, 2 if smoke else 8, 255)
   fft = train_step(cfg, esft.TrainableSpec(), batch, repeats=5)
   es = train_step(cfg, esft_spec(cfg, 2 / 16), batch, repeats=5)
-  figures["esft_vs_fft_step_time_ratio"] = es["seconds"] / fft["seconds"]
-  figures["esft_vs_fft_optimizer_bytes_ratio"] = es["optimizer_bytes"] / fft["optimizer_bytes"]
-  rows += [("train step FFT, 3-layer d=128, 16 experts top-4, 2048 tokens (s)", fft["seconds"]),
-           ("train step ESFT, 2 of 16 experts per layer (s)", es["seconds"]),
-           ("optimizer bytes FFT", fft["optimizer_bytes"]), ("optimizer bytes ESFT", es["optimizer_bytes"])]
-  return rows, figures
+  tokens = batch["tokens"].shape[0] * 256
+  out.row(f"train step FFT, 3-layer d=128, 16 experts top-4, {tokens} tokens (s)", fft["seconds"])
+  out.row("train step ESFT, 2 of 16 experts per layer (s)", es["seconds"])
+  out.row("optimizer bytes FFT", fft["optimizer_bytes"])
+  out.row("optimizer bytes ESFT", es["optimizer_bytes"])
+  out.figure("esft_vs_fft_step_time_ratio", es["seconds"] / fft["seconds"])
+  out.figure("esft_vs_fft_optimizer_bytes_ratio", es["optimizer_bytes"] / fft["optimizer_bytes"])
 
 
-def gpu_suite(smoke: bool) -> tuple[list, dict]:
-  """Issue #7's GPU figures; `smoke` runs the same code on shapes a CPU finishes in seconds."""
-  rows, figures = [], {}
+def gpu_expert_layers(out: Report, smoke: bool) -> None:
+  """Every dispatch's routed-expert layer against an equal-FLOPs dense SwiGLU (and its correctness)."""
   dtype = jnp.bfloat16
   d, f, e, k = (64, 32, 16, 4) if smoke else (2048, 1408, 64, 6)  # DeepSeek-V2-Lite experts
   for backend in ("sorted", "grouped", "pallas", "ragged_dot"):
     err = agrees_with_dense(backend, dtype)
-    figures[f"{backend}_rel_error_vs_dense"] = err
-    rows.append((f"{backend}: max rel. error vs dense experts (bf16)", err))
+    out.figure(f"{backend}_rel_error_vs_dense", err)
+    out.row(f"{backend}: max rel. error vs dense experts (bf16)", err)
   sizes = {"16k": 16384, "64k": 65536} if not smoke else {"16k": 512, "64k": 1024}
   for label, tokens in sizes.items():
     dense = dense_swiglu(tokens, d, k * f, dtype)
     flops = expert_flops(tokens, d, f, k)
-    rows.append((f"dense SwiGLU width k*f, {tokens} tokens, fwd+bwd TFLOP/s", flops / dense / 1e12))
+    out.row(f"dense SwiGLU width k*f, {tokens} tokens, fwd+bwd TFLOP/s", flops / dense / 1e12)
     best = 0.0
     # ragged_dot materialises experts x rows x d: out of memory at 64k on an H200.
     backends = [("sorted", dict(capacity_factor=1.25)),
@@ -295,20 +328,23 @@ def gpu_suite(smoke: bool) -> tuple[list, dict]:
       try:
         t, dropped = expert_layer(backend, tokens, d, f, e, k, dtype, **kw)
       except Exception as err:  # noqa: BLE001 -- report an out-of-memory backend and go on
-        rows.append((f"{backend} {kw} {tokens} tokens: failed ({type(err).__name__})", float("nan")))
+        out.row(f"{backend} {kw} {tokens} tokens: failed ({type(err).__name__})", float("nan"))
         continue
       ratio = dense / t
       name = f"{backend} {json.dumps(kw)}, {tokens} tokens"
-      rows += [(f"{name}: fwd+bwd TFLOP/s", flops / t / 1e12), (f"{name}: vs dense", ratio),
-               (f"{name}: dropped assignments", dropped)]
+      out.row(f"{name}: fwd+bwd TFLOP/s", flops / t / 1e12)
+      out.row(f"{name}: vs dense", ratio)
+      out.row(f"{name}: dropped assignments", dropped)
       if backend == "sorted" and kw["capacity_factor"] < e / k:
         # Balanced random routing may drop nothing here, but real routing would: reported apart.
-        figures[f"expert_layer_vs_dense_{label}_capacity_1.25"] = ratio
+        out.figure(f"expert_layer_vs_dense_{label}_capacity_1.25", ratio)
       else:  # dropless by construction: what the target counts
         best = max(best, ratio)
-    figures[f"expert_layer_vs_dense_{label}"] = best
+    out.figure(f"expert_layer_vs_dense_{label}", best)
 
-  # A DeepSeek-V2-Lite-shaped model reduced in depth, random weights, bf16 compute.
+
+def gpu_train_steps(out: Report, smoke: bool) -> None:
+  """MFU of a depth-reduced DeepSeek-V2-Lite step; ESFT against FFT on it."""
   layers, batch_size, seq = (2, 2, 64) if smoke else (4, 8, 2048)
   base = (C.tiny if smoke else C.deepseek_v2_lite)().replace(num_hidden_layers=layers, dtype="bfloat16")
   batch = _batch(base, batch_size, seq)
@@ -321,62 +357,89 @@ def gpu_suite(smoke: bool) -> tuple[list, dict]:
     try:
       fft = train_step(cfg, esft.TrainableSpec(), batch)
     except Exception as err:  # noqa: BLE001 -- e.g. out of memory; the other dispatch may fit
-      rows.append((f"V2-Lite x{layers} FFT step, {dispatch}: failed ({type(err).__name__})", float("nan")))
+      out.row(f"V2-Lite x{layers} FFT step, {dispatch}: failed ({type(err).__name__})", float("nan"))
       continue
     useful = flops - fft["dropped"] * per_assignment  # dropped tokens did no useful work
     mfu = useful / fft["seconds"] / H200_BF16_PEAK
-    rows += [(f"V2-Lite x{layers} layers, {batch_size}x{seq} tokens, {dispatch} "
-              f"(capacity {cf or 'dropless'}): FFT step (s)", fft["seconds"]),
-             ("  dropped assignments", fft["dropped"]), ("  useful TFLOP/s", useful / fft["seconds"] / 1e12),
-             ("  MFU vs 989 TFLOP/s", mfu)]
+    out.row(f"V2-Lite x{layers} layers, {batch_size}x{seq} tokens, {dispatch} "
+            f"(capacity {cf or 'dropless'}): FFT step (s)", fft["seconds"])
+    out.row("  dropped assignments", fft["dropped"])
+    out.row("  useful TFLOP/s", useful / fft["seconds"] / 1e12)
+    out.row("  MFU vs 989 TFLOP/s", mfu)
     if best is None or mfu > best[0]:
       best = (mfu, cfg, fft)
+  if best is None:
+    return
   mfu, cfg, fft = best
   es = train_step(cfg, esft_spec(cfg), batch)
-  figures["train_step_mfu"] = mfu
-  figures["esft_vs_fft_step_time_ratio"] = es["seconds"] / fft["seconds"]
-  figures["esft_vs_fft_optimizer_bytes_ratio"] = es["optimizer_bytes"] / fft["optimizer_bytes"]
-  rows += [(f"ESFT step, 10% of experts, {cfg.dispatch} (s)", es["seconds"]),
-           ("  optimizer bytes FFT", fft["optimizer_bytes"]), ("  optimizer bytes ESFT", es["optimizer_bytes"])]
+  out.figure("train_step_mfu", mfu)
+  out.figure("esft_vs_fft_step_time_ratio", es["seconds"] / fft["seconds"])
+  out.figure("esft_vs_fft_optimizer_bytes_ratio", es["optimizer_bytes"] / fft["optimizer_bytes"])
+  out.row(f"ESFT step, 10% of experts, {cfg.dispatch} (s)", es["seconds"])
+  out.row("  optimizer bytes FFT", fft["optimizer_bytes"])
+  out.row("  optimizer bytes ESFT", es["optimizer_bytes"])
 
-  # Full-size V2-Lite: bytes of FFT vs ESFT with AdamW, then one real ESFT step.
+
+def gpu_v2lite_fit(out: Report, smoke: bool) -> None:
+  """Full-size V2-Lite: bytes of FFT vs ESFT with AdamW, then one real ESFT step."""
   full = (C.tiny(num_hidden_layers=3) if smoke else C.deepseek_v2_lite()).replace(dtype="bfloat16")
   spec = esft_spec(full)
   limit = device_bytes()
   need = {name: training_bytes(full, s)["total"] for name, s in (("fft", esft.TrainableSpec()),
                                                                   ("esft", spec))}
-  figures["device_bytes"] = limit
-  figures["v2lite_fft_fits"] = None if limit is None else bool(need["fft"] < limit)
-  rows += [("V2-Lite (27 layers) params+grads+AdamW, FFT (GB)", need["fft"] / 1e9),
-           ("V2-Lite params+grads+AdamW, ESFT 10% of experts (GB)", need["esft"] / 1e9)]
+  out.figure("device_bytes", limit)
+  out.figure("v2lite_fft_fits", None if limit is None else bool(need["fft"] < limit))
+  out.row("V2-Lite (27 layers) params+grads+AdamW, FFT (GB)", need["fft"] / 1e9)
+  out.row("V2-Lite params+grads+AdamW, ESFT 10% of experts (GB)", need["esft"] / 1e9)
   try:
     run = train_step(full, spec, _batch(full, 1, 64 if smoke else 2048), repeats=1)
-    figures["v2lite_esft_fits"] = bool(np.isfinite(run["loss"]))
-    rows.append(("V2-Lite ESFT step, 1x2048 tokens (s)", run["seconds"]))
+    out.figure("v2lite_esft_fits", bool(np.isfinite(run["loss"])))
+    out.row("V2-Lite ESFT step, 1x2048 tokens (s)", run["seconds"])
   except Exception as err:  # noqa: BLE001 -- out of memory is the answer "does not fit"
-    figures["v2lite_esft_fits"] = False
-    rows.append((f"V2-Lite ESFT step failed: {type(err).__name__}: {str(err)[:80]}", float("nan")))
-  return rows, figures
+    out.figure("v2lite_esft_fits", False)
+    out.row(f"V2-Lite ESFT step failed: {type(err).__name__}: {str(err)[:80]}", float("nan"))
+
+
+SUITES = {
+    "cpu": {"layers": cpu_expert_layers, "generation": cpu_generation, "train": cpu_train_steps},
+    "gpu": {"layers": gpu_expert_layers, "train": gpu_train_steps, "v2lite": gpu_v2lite_fit},
+}
+
+
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
-  parser.add_argument("--smoke", action="store_true", help="gpu suite on tiny shapes (checks the code)")
+  parser.add_argument("--suite", choices=tuple(SUITES), default="cpu")
+  parser.add_argument("--smoke", action="store_true", help="tiny shapes (checks the code, any machine)")
+  parser.add_argument("--sections", help="comma-separated sections to run (default: all): "
+                      + "; ".join(f"{k}: {','.join(v)}" for k, v in SUITES.items()))
   args = parser.parse_args(argv)
+  sections = SUITES[args.suite]
+  chosen = args.sections.split(",") if args.sections else list(sections)
+  unknown = sorted(set(chosen) - set(sections))
+  if unknown:
+    parser.error(f"--sections: no {unknown} in the {args.suite} suite; it has {list(sections)}")
   host.keep_freed_memory()
+  signal.signal(signal.SIGTERM, _interrupt)  # `timeout` still gets the JSON line of what ran
   t0 = time.time()
-  rows, figures = cpu_suite() if args.suite == "cpu" else gpu_suite(args.smoke)
-  for name, v in figures.items():
-    if name.endswith(("_ratio", "_speedup", "_mfu")) or name.startswith("expert_layer_vs"):
-      rows.append((name, v))
-  print(f"{'measurement':<78} value")
-  for name, v in rows:
-    print(f"{name:<78} {v:,.4g}" if isinstance(v, (int, float)) else f"{name:<78} {v}")
-  figures.update(suite=args.suite, smoke=args.smoke, seconds=round(time.time() - t0, 1),
-                 machine=platform.processor() or platform.machine(), jax=jax.__version__,
-                 devices=str(jax.devices()[0].device_kind), date=time.strftime("%Y-%m-%d"))
-  print(json.dumps(figures))
+  out = Report()
+  try:
+    for name in chosen:
+      sections[name](out, args.smoke)
+  except KeyboardInterrupt:
+    out.figure("interrupted_in", name)
+    out.row(f"interrupted in section {name!r}: later sections did not run", "")
+  for name, v in out.figures.items():
+    if name.endswith(("_ratio", "_speedup", "_mfu", "_widths", "_sorted")) or name.startswith("expert_layer_vs"):
+      out.row(name, v)
+  figures = dict(out.figures, suite=args.suite, smoke=args.smoke, sections=chosen,
+                 seconds=round(time.time() - t0, 1), machine=platform.processor() or platform.machine(),
+                 jax=jax.__version__, devices=str(jax.devices()[0].device_kind),
+                 date=time.strftime("%Y-%m-%d"))
+  print(json.dumps(figures), flush=True)
   return figures
 
 

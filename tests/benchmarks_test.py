@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -39,3 +40,32 @@ def test_gpu_suite_smoke_runs_without_the_data_stack():
   assert 0 < figures["esft_vs_fft_optimizer_bytes_ratio"] < 0.15
   assert figures["v2lite_esft_fits"] is True
   assert out.stdout.splitlines()[0].startswith("measurement")  # a table, then the JSON line
+
+
+def test_cpu_section_and_bad_section():
+  out = subprocess.run([sys.executable, "benchmarks/run.py", "--suite", "cpu", "--smoke",
+                        "--sections", "generation"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-3000:]
+  figures = json.loads(out.stdout.strip().splitlines()[-1])
+  assert figures["sections"] == ["generation"] and figures["kv_cache_speedup"] > 0
+  assert "moe_e64_vs_e8_time_ratio" not in figures  # the other sections did not run
+  bad = subprocess.run([sys.executable, "benchmarks/run.py", "--suite", "gpu", "--sections", "layers,x"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert bad.returncode == 2 and "no ['x'] in the gpu suite" in bad.stderr
+
+
+def test_a_terminated_run_still_ends_with_its_json_line():
+  """`timeout` sends SIGTERM: the rows measured so far and the JSON line still come out."""
+  proc = subprocess.Popen([sys.executable, "benchmarks/run.py", "--suite", "cpu", "--smoke"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+  lines = [proc.stdout.readline(), proc.stdout.readline()]  # the header, then a first measurement
+  proc.send_signal(signal.SIGTERM)
+  rest, _ = proc.communicate(timeout=300)
+  lines += rest.strip().splitlines()
+  assert lines[0].startswith("measurement") and "expert layer" in lines[1]
+  figures = json.loads(lines[-1])
+  assert figures["interrupted_in"] == "layers"
+  assert "kv_cache_speedup" not in figures
