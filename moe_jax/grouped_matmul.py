@@ -11,8 +11,8 @@ Unlike `moe.grouped_experts`, no weight is copied per block: each program reads
 its expert's tiles straight from `w`. The backward is two more kernels:
 dx = gmm(dy, w^T) and dw[e] = sum over e's row blocks of x_b^T dy_b ("tgmm").
 
-The kernels are written for the Triton (GPU) lowering of Pallas and run in
-interpret mode anywhere else, which is how the CPU tests check them.
+The kernels are written for the Triton (GPU) lowering of Pallas, which they ask
+for by name, and run in interpret mode anywhere else, which is how the CPU tests check them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+# Triton compiler params select the Triton lowering: with none, jax >= 0.10 lowers
+# GPU kernels through Mosaic GPU, which these kernels are not written for.
+_TRITON = pl_triton.CompilerParams()
 
 
 def _tile(dim: int, want: int) -> int:
@@ -60,6 +65,7 @@ def _gmm(x, w, block_expert, bm: int, interpret: bool):
       in_specs=[pl.no_block_spec, pl.no_block_spec, pl.no_block_spec],
       out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
       interpret=interpret,
+      compiler_params=None if interpret else _TRITON,
   )(block_expert, x, w)
 
 
@@ -88,6 +94,7 @@ def _tgmm(x, dy, block_starts, n_experts: int, bm: int, interpret: bool):
       in_specs=[pl.no_block_spec, pl.no_block_spec, pl.no_block_spec],
       out_specs=pl.BlockSpec((None, bk, bn), lambda e, a, b: (e, a, b)),
       interpret=interpret,
+      compiler_params=None if interpret else _TRITON,
   )(block_starts, x, dy)
 
 
