@@ -407,15 +407,19 @@ def _ref_keep(idx, cap):
   return keep
 
 
-def test_sorted_dispatch_drops_beyond_capacity():
-  rng = np.random.default_rng(5)
-  k = 2
-  # Skewed routing: experts 0 and 1 are overloaded, several experts idle.
+def _skewed_inputs(seed, k=2):
+  """(x, idx, w, weights) with experts 0 and 1 overloaded and several experts idle."""
+  rng = np.random.default_rng(seed)
   idx = np.stack([rng.choice([0, 1, 2, 5], k, replace=False, p=[0.4, 0.3, 0.2, 0.1])
                   for _ in range(T)]).astype(np.int32)
   w = rng.uniform(0.1, 1.0, idx.shape).astype(np.float32)
   x = rng.normal(0, 1, (T, D)).astype(np.float32)
-  wg, wu, wd = _expert_weights(rng)
+  return x, idx, w, _expert_weights(rng)
+
+
+def test_sorted_dispatch_drops_beyond_capacity():
+  k = 2
+  x, idx, w, (wg, wu, wd) = _skewed_inputs(5, k)
   c = _cfg(n_routed_experts=E, num_experts_per_tok=k, capacity_factor=1.0)
   cap = moe.capacity(T, c)
   assert cap == math.ceil(T * k / E) == 3
@@ -435,20 +439,14 @@ def test_sorted_dispatch_drops_beyond_capacity():
 
 def test_sorted_gradients_with_drops_and_padding():
   """Dropped assignments and padding tokens pass no gradient; the rest match float64 autograd."""
-  rng = np.random.default_rng(11)
-  k = 2
-  idx = np.stack([rng.choice([0, 1, 2, 5], k, replace=False, p=[0.4, 0.3, 0.2, 0.1])
-                  for _ in range(T)]).astype(np.int32)
-  w = rng.uniform(0.1, 1.0, idx.shape).astype(np.float32)
-  x = rng.normal(0, 1, (T, D)).astype(np.float32)
-  wg, wu, wd = _expert_weights(rng)
+  x, idx, w, (wg, wu, wd) = _skewed_inputs(11)
   valid = np.arange(T) >= 2  # two padding tokens in front
   cap = 3
   # The loop keeps, per expert, the first `cap` assignments of valid tokens (sorted order).
   keep = np.zeros(idx.shape, bool)
   keep[valid] = _ref_keep(idx[valid], cap)
   assert (~keep[valid]).any()  # something is dropped
-  ct = rng.normal(0, 1, (T, D)).astype(np.float32)
+  ct = np.random.default_rng(12).normal(0, 1, (T, D)).astype(np.float32)
   loss = lambda *a: jnp.sum(moe.sorted_experts(a[0], jnp.asarray(idx), *a[1:], cap, jnp.asarray(valid))[0] * ct)
   got = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(x, w, wg, wu, wd)
   want = _torch_grads(x, idx, w, wg, wu, wd, ct, keep)
