@@ -15,8 +15,6 @@ Kept short so the logic lives in `moe_jax.train_lib`, importable from notebooks.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from moe_jax import host
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -31,7 +29,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host.keep_freed_memory()
   import jax  # pylint: disable=import-outside-toplevel
 
   explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]

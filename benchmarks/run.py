@@ -414,6 +414,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--suite", choices=tuple(SUITES), default="cpu")
   parser.add_argument("--smoke", action="store_true", help="tiny shapes (checks the code, any machine)")
+  parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                      help="keep: host.keep_freed_memory() first, so buffers are not page-faulted "
+                           "in again every call (the recorded runs); default: leave glibc as it is")
   parser.add_argument("--sections", help="comma-separated sections to run (default: all): "
                       + "; ".join(f"{k}: {','.join(v)}" for k, v in SUITES.items()))
   args = parser.parse_args(argv)
@@ -422,7 +425,7 @@ def main(argv=None):
   unknown = sorted(set(chosen) - set(sections))
   if unknown:
     parser.error(f"--sections: no {unknown} in the {args.suite} suite; it has {list(sections)}")
-  host.keep_freed_memory()
+  kept = args.malloc == "keep" and host.keep_freed_memory()
   signal.signal(signal.SIGTERM, _interrupt)  # `timeout` still gets the JSON line of what ran
   t0 = time.time()
   out = Report()
@@ -435,7 +438,7 @@ def main(argv=None):
   for name, v in out.figures.items():
     if name.endswith(("_ratio", "_speedup", "_mfu", "_widths", "_sorted")) or name.startswith("expert_layer_vs"):
       out.row(name, v)
-  figures = dict(out.figures, suite=args.suite, smoke=args.smoke, sections=chosen,
+  figures = dict(out.figures, suite=args.suite, smoke=args.smoke, sections=chosen, keep_freed_memory=kept,
                  seconds=round(time.time() - t0, 1), machine=platform.processor() or platform.machine(),
                  jax=jax.__version__, devices=str(jax.devices()[0].device_kind),
                  date=time.strftime("%Y-%m-%d"))

@@ -9,8 +9,6 @@ import pathlib
 
 import pytest
 
-from moe_jax import host
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -19,10 +17,6 @@ def _shared_data_dir():
   if env:
     return pathlib.Path(env)
   return REPO.parent / "shared" / "data"
-
-
-def pytest_configure(config):
-  host.keep_freed_memory()  # as the programs do: XLA:CPU buffers reuse pages instead of faulting
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 
-from moe_jax import host
 from moe_jax.esft.report import overlap
 from moe_jax.esft.selection import (SCORE_FUNCTIONS, read_expert_config, read_routing_logs,
                                     select_experts, write_expert_config)
@@ -102,7 +101,6 @@ def main(argv=None) -> int:
   r.add_argument("--seq-len", type=int, default=512)
   r.set_defaults(fn=_report)
   args = parser.parse_args(argv)
-  host.keep_freed_memory()
   try:
     return args.fn(args)
   except (OSError, ValueError) as e:

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from moe_jax import config as model_config
-from moe_jax import esft, host, input_pipeline, sharding, train_config, train_lib
+from moe_jax import esft, input_pipeline, sharding, train_config, train_lib
 from moe_jax.esft import partition
 from moe_jax.generate import generate
 from moe_jax.hf import save_pretrained
@@ -578,7 +578,6 @@ def main(argv=None) -> int:
   parser.add_argument("--report-only", action="store_true",
                       help="rewrite RESULTS.md from an existing (possibly partial) results.json")
   args = parser.parse_args(argv)
-  host.keep_freed_memory()
   if args.report_only:
     with open(os.path.join(args.out, "results.json")) as f:
       text = report(json.load(f))

@@ -11,8 +11,6 @@ import json
 import os
 import sys
 
-from moe_jax import host
-
 
 def _annotate(argv) -> int:
   from absl import app, flags
@@ -95,7 +93,6 @@ def _convert(argv) -> int:
 def main(argv=None) -> int:
   """The command line: `python -m moe_jax.prm {convert,annotate,verify} ...`."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  host.keep_freed_memory()
   if not argv or argv[0] not in ("annotate", "verify", "convert"):
     print(__doc__, file=sys.stderr)
     return 2

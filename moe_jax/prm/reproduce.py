@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax import config as model_config
-from moe_jax import esft, host, train_config, train_lib
+from moe_jax import esft, train_config, train_lib
 from moe_jax.hf import from_pretrained, save_pretrained
 from moe_jax.metric_writers import progress
 from moe_jax.model import Model, init_variables
@@ -562,7 +562,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--report-only", action="store_true",
                       help="rewrite RESULTS.md and the plot from DIR/results.json")
   args = parser.parse_args(argv)
-  host.keep_freed_memory()
   if args.report_only:
     with open(os.path.join(args.out, "results.json"), encoding="utf-8") as f:
       result = json.load(f)
