@@ -12,7 +12,8 @@ its expert's tiles straight from `w`. The backward is two more kernels:
 dx = gmm(dy, w^T) and dw[e] = sum over e's row blocks of x_b^T dy_b ("tgmm").
 
 The kernels are written for the Triton (GPU) lowering of Pallas, which they ask
-for by name, and run in interpret mode anywhere else, which is how the CPU tests check them.
+for by name, and run in interpret mode anywhere else: the CPU tests check their
+numbers interpreted, and their Triton lowering for CUDA (tests/grouped_matmul_test.py).
 """
 
 from __future__ import annotations
