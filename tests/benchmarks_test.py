@@ -69,3 +69,27 @@ def test_a_terminated_run_still_ends_with_its_json_line():
   figures = json.loads(lines[-1])
   assert figures["interrupted_in"] == "layers"
   assert "kv_cache_speedup" not in figures
+
+
+def test_a_failing_section_does_not_cost_the_others(monkeypatch, capsys):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import run  # benchmarks/run.py
+  finally:
+    sys.path.pop(0)
+
+  def broken(out, smoke):
+    out.row("first row", 1.0)
+    raise RuntimeError("kernel did not compile")
+
+  def fine(out, smoke):
+    out.figure("fine_ratio", 0.5)
+
+  monkeypatch.setitem(run.SUITES, "cpu", {"broken": broken, "fine": fine})
+  monkeypatch.setattr(run.signal, "signal", lambda *args: None)  # keep pytest's SIGTERM handling
+  figures = run.main(["--suite", "cpu", "--malloc", "default"])
+  assert figures["section_failed_broken"] == "RuntimeError: kernel did not compile"
+  assert figures["fine_ratio"] == 0.5 and figures["sections"] == ["broken", "fine"]
+  printed = capsys.readouterr()
+  assert json.loads(printed.out.strip().splitlines()[-1]) == json.loads(json.dumps(figures))
+  assert "kernel did not compile" in printed.err  # the traceback
