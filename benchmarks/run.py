@@ -6,7 +6,7 @@
     python benchmarks/run.py --suite gpu --sections train,v2lite   # some sections only
 
 Each suite prints a table row by row, then one JSON line with every figure,
-also when SIGTERM or Ctrl-C stops it early. Record results in
+also when SIGTERM or Ctrl-C stops it early or a section fails (exit status 1). Record results in
 benchmarks/RESULTS.md. This script imports only jax, flax, optax, numpy and
 moe_jax's model code: no grain, tensorflow-datasets or ml_collections, which the
 GPU machine lacks (tests/benchmarks_test.py runs the smoke suite without them).
