@@ -163,16 +163,16 @@ def random_params(cfg: C.ModelConfig, spec: esft.TrainableSpec, seed: int = 0) -
   shapes = jax.eval_shape(lambda: esft.split(init_variables(cfg, 0)["params"], spec, cfg))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-
-  @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-  def make(key, shape, dtype, is_scale):
-    if is_scale:
-      return jnp.ones(shape, dtype)
-    return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-  made = [make(key, x.shape, x.dtype, getattr(path[-1], "key", "") == "scale")
+  made = [_random_leaf(key, x.shape, x.dtype, getattr(path[-1], "key", "") == "scale")
           for key, (path, x) in zip(keys, leaves)]
   return jax.tree_util.tree_unflatten(treedef, made)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _random_leaf(key, shape, dtype, is_scale):  # compiled once per shape, for every model
+  if is_scale:
+    return jnp.ones(shape, dtype)
+  return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
 
 def train_step(cfg: C.ModelConfig, spec: esft.TrainableSpec, batch: dict, repeats=3) -> dict:
