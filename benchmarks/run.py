@@ -274,11 +274,25 @@ class Report:
 
   def __init__(self):
     self.figures = {}
+    self.pending_stop = None  # a stop signal not yet acted on
     print(f"{'measurement':<78} value", flush=True)
+
+  def stop(self, signum, frame=None):
+    """A signal handler: stop now, or at the next check if the exception is swallowed
+    (Python also runs handlers inside __del__ and weakref callbacks, which ignore it)."""
+    self.pending_stop = signum
+    raise KeyboardInterrupt(f"signal {signum}")
+
+  def check(self) -> None:
+    """Raises KeyboardInterrupt, once, if a stop signal came and was not acted on."""
+    if self.pending_stop is not None:
+      signum, self.pending_stop = self.pending_stop, None
+      raise KeyboardInterrupt(f"signal {signum}")
 
   def row(self, name: str, value) -> None:
     text = f"{value:,.4g}" if isinstance(value, (int, float)) else str(value)
     print(f"{name:<78} {text}", flush=True)
+    self.check()
 
   def figure(self, name: str, value) -> None:
     self.figures[name] = value
@@ -437,10 +451,6 @@ SUITES = {
 }
 
 
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--suite", choices=tuple(SUITES), default="cpu")
@@ -457,13 +467,15 @@ def main(argv=None):
   if unknown:
     parser.error(f"--sections: no {unknown} in the {args.suite} suite; it has {list(sections)}")
   kept = args.malloc == "keep" and host.keep_freed_memory()
-  signal.signal(signal.SIGTERM, _interrupt)  # `timeout` still gets the JSON line of what ran
   t0 = time.time()
   out = Report()
+  signal.signal(signal.SIGTERM, out.stop)  # `timeout` still gets the JSON line of what ran
   for name in chosen:
     try:
       sections[name](out, args.smoke)
+      out.check()  # an interrupt swallowed after the section's last row
     except KeyboardInterrupt:
+      out.pending_stop = None  # acted on: the closing rows and the JSON line print normally
       out.figure("interrupted_in", name)
       out.row(f"interrupted in section {name!r}: later sections did not run", "")
       break
