@@ -204,11 +204,11 @@ def _rows_in(x, row_of, assignment_of):
 
 
 def _rows_in_fwd(x, row_of, assignment_of):
-  return _rows_in(x, row_of, assignment_of), (row_of, assignment_of)
+  return _rows_in(x, row_of, assignment_of), row_of
 
 
-def _rows_in_bwd(res, g):
-  row_of, _ = res  # g: [R, D] -> each token sums the cotangents of its K rows
+def _rows_in_bwd(row_of, g):
+  # g: [R, D] -> each token sums the cotangents of its K rows
   picked = jnp.take(g, row_of, axis=0, mode="fill", fill_value=0)  # [T, K, D]; dropped: 0
   return jnp.sum(picked.astype(jnp.float32), 1).astype(g.dtype), None, None
 

@@ -127,11 +127,11 @@ def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig, dtype=No
     name = f"layers_{layer}"
     sel = list(selected.get(layer, ()))
     parts = split_params[name]["mlp"]["experts"]
-    ids = [ids for g, ids in (("selected", sel), ("rest", _rest(sel, config.n_routed_experts)))
-           if g in parts]
-    groups = [parts[g] for g in ("selected", "rest") if g in parts]
+    groups = [(parts[g], tuple(ids)) for g, ids in
+              (("selected", sel), ("rest", _rest(sel, config.n_routed_experts))) if g in parts]
+    ids = tuple(i for _, i in groups)
     cast = (lambda x: x) if dtype is None else (lambda x: x.astype(dtype))
-    experts = {p: _stack(tuple(cast(g[p]) for g in groups), tuple(map(tuple, ids))) for p in _PROJ}
+    experts = {p: _stack(tuple(cast(part[p]) for part, _ in groups), ids) for p in _PROJ}
     out[name] = {**split_params[name], "mlp": {**split_params[name]["mlp"], "experts": experts}}
   return out
 
