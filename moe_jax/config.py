@@ -3,8 +3,8 @@
 Field names are the ones in DeepSeek's `config.json` files (`hidden_size`,
 `n_routed_experts`, `topk_method`, ...), so a checkpoint's config reads in
 directly and writes back out unchanged. A few fields are ours and never written
-to `config.json` unless set: the token dispatch (`dispatch`, `capacity_factor`),
-the device-level balance loss and the compute dtype.
+to `config.json`: the token dispatch (`dispatch`, `capacity_factor`), the
+device-level balance loss, the compute dtype and ESFT's expert layout.
 
 Presets for the published models live at the bottom (`PRESETS`); `tiny()` gives
 a small random-init model for tests and demos.
@@ -87,6 +87,10 @@ class ModelConfig:
   capacity_factor: float = 0.0  # sorted dispatch (auto picks it when > 0); <= 0 means dropless
   dtype: str = "float32"  # activation dtype; the router always runs in float32
   param_dtype: str = "float32"
+  # ESFT's parameter layout, set by its steps (esft.partition.for_forward): None stores each
+  # layer's routed experts as one stack; ((layer, expert ids), ...) stores the listed experts of
+  # every MoE layer as `experts/selected` and the others as `experts/rest`.
+  expert_split: tuple[tuple[int, tuple[int, ...]], ...] | None = None
 
   def __post_init__(self):
     _validate(self)
@@ -173,7 +177,7 @@ class ModelConfig:
     """The `config.json` dict transformers and DeepSeek's remote code read."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     for ours in ("device_aux_loss_alpha", "n_balance_devices", "dispatch",
-                 "capacity_factor", "dtype", "param_dtype"):
+                 "capacity_factor", "dtype", "param_dtype", "expert_split"):
       d.pop(ours)
     arch = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
             "deepseek_v3": "DeepseekV3ForCausalLM"}[self.model_type]
@@ -260,6 +264,11 @@ def _validate(c: ModelConfig) -> None:
       fail("topk_method", "noaux_tc (V3) routing needs scoring_func='sigmoid'")
     if c.n_balance_devices < 1 or e % c.n_balance_devices:
       fail("n_balance_devices", f"must divide n_routed_experts={e}, got {c.n_balance_devices}")
+    for layer, ids in c.expert_split or ():
+      if not c.is_moe_layer(layer):
+        fail("expert_split", f"layer {layer} is not a MoE layer")
+      if len(set(ids)) != len(ids) or any(not 0 <= i < e for i in ids):
+        fail("expert_split", f"layer {layer}: expert ids {list(ids)} are not distinct ids in 0..{e - 1}")
   if c.model_type != "deepseek" and c.kv_lora_rank is not None:
     if c.qk_rope_head_dim % 2:
       fail("qk_rope_head_dim", f"must be even for rotary embeddings, got {c.qk_rope_head_dim}")

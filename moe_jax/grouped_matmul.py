@@ -103,22 +103,34 @@ def _tgmm(x, dy, block_starts, n_experts: int, bm: int, interpret: bool):
 def gmm(x, w, block_expert, block_starts, bm: int, interpret: bool = False):
   """x [M, K] @ w[expert of each row block] -> [M, N]; M a multiple of bm.
 
+  w: [E, K, N], or a tuple of stacks [E_i, K, N] of consecutive experts (ESFT's
+  trained and frozen ones): each stack's weight gradient is its own kernel, so
+  a stack that is not differentiated costs none.
   block_expert: int32 [M // bm], the expert of each row block (non-decreasing);
   block_starts: int32 [E + 1], expert e owns row blocks block_starts[e]:block_starts[e+1]
   (blocks past block_starts[E] are padding: zero rows, no gradient).
   """
-  return _gmm(x, w, block_expert, bm, interpret)
+  return _gmm(x, _stacked(w), block_expert, bm, interpret)
+
+
+def _stacked(w):
+  return jnp.concatenate(w) if isinstance(w, tuple) else w
 
 
 def _gmm_fwd(x, w, block_expert, block_starts, bm, interpret):
-  return _gmm(x, w, block_expert, bm, interpret), (x, w, block_expert, block_starts)
+  return gmm(x, w, block_expert, block_starts, bm, interpret), (x, w, block_expert, block_starts)
 
 
 def _gmm_bwd(bm, interpret, res, dy):
   x, w, block_expert, block_starts = res
-  dx = _gmm(dy, jnp.swapaxes(w, 1, 2), block_expert, bm, interpret)
-  dw = _tgmm(x, dy, block_starts, w.shape[0], bm, interpret)
-  return dx, dw, None, None
+  dx = _gmm(dy, jnp.swapaxes(_stacked(w), 1, 2), block_expert, bm, interpret)
+  # Expert e's gradient reads block_starts[e:e + 2], so a stack's slice starts at its first expert.
+  dw, lo = [], 0
+  for stack in (w if isinstance(w, tuple) else (w,)):
+    n = stack.shape[0]
+    dw.append(_tgmm(x, dy, block_starts[lo:lo + n + 1], n, bm, interpret))
+    lo += n
+  return dx, (tuple(dw) if isinstance(w, tuple) else dw[0]), None, None
 
 
 gmm.defvjp(_gmm_fwd, _gmm_bwd)

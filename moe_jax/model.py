@@ -43,6 +43,7 @@ class DecoderLayer(nn.Module):
   """Pre-norm attention then pre-norm MLP (a DeepSeekMoE block where `moe`, else a dense SwiGLU)."""
   config: ModelConfig
   moe: bool
+  selected: tuple[int, ...] | None = None  # ESFT's split expert storage: see moe.RoutedExperts
 
   @nn.compact
   def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0):
@@ -52,7 +53,7 @@ class DecoderLayer(nn.Module):
     x = x + h
     h = rms_norm(c, "post_attention_layernorm")(x)
     if self.moe:
-      h, aux = MoE(c, name="mlp")(h, q_segments != 0)
+      h, aux = MoE(c, self.selected, name="mlp")(h, q_segments != 0)
     else:
       h, aux = SwiGLU(c, c.intermediate_size, name="mlp")(h), None
     return x + h, aux, new_cache
@@ -89,10 +90,12 @@ class Transformer(nn.Module):
       k_segments = segment_ids
     else:
       k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
+    split = None if c.expert_split is None else dict(c.expert_split)
     new_layers, auxes = [], []
     for i in range(c.num_hidden_layers):
       layer_cache = None if cache is None else cache["layers"][i]
-      x, aux, new_cache = DecoderLayer(c, c.is_moe_layer(i), name=f"layers_{i}")(
+      selected = None if split is None else tuple(split.get(i, ()))
+      x, aux, new_cache = DecoderLayer(c, c.is_moe_layer(i), selected, name=f"layers_{i}")(
           x, positions, segment_ids, k_segments, layer_cache, start)
       new_layers.append(new_cache)
       if aux is not None:

@@ -34,6 +34,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moe_jax import grouped_matmul
 from moe_jax import sharding as sh
@@ -247,14 +248,22 @@ def _swiglu_stacked(x, wg, wu, wd):
   return jnp.einsum("ecf,efd->ecd", h, wd)
 
 
+def _groups(w) -> tuple:
+  return tuple(w) if isinstance(w, (tuple, list)) else (w,)
+
+
 def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert, valid=None):
   """Capacity-buffer dispatch for one group. x: [T, D], topk_*: [T, K].
 
+  wg, wu [E, D, F], wd [E, F, D]; or, each, a tuple of stacks of consecutive
+  experts (ESFT's trained and frozen ones): each stack runs its own matmuls, so
+  one that is not differentiated gets no weight gradient computed.
   valid: [T] bool; padding tokens (False) take no expert slot and are not
   counted as dropped. Returns (y [T, D], dropped assignments of valid tokens).
   """
   t, k = topk_idx.shape
-  e, cap = wg.shape[0], capacity_per_expert
+  groups = tuple(zip(_groups(wg), _groups(wu), _groups(wd)))
+  e, cap = sum(g[0].shape[0] for g in groups), capacity_per_expert
   if valid is not None:  # padding goes to a sentinel expert E that sorts last and is always dropped
     topk_idx = jnp.where(valid[:, None], topk_idx, e)
   order, sorted_e, counts = _sort_by_expert(topk_idx, e + 1)
@@ -264,7 +273,9 @@ def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert, v
   slot = jnp.where(kept, sorted_e * cap + pos, e * cap)  # e * cap: out of range = dropped
   row_of, assignment_of = _layout_maps(order, slot, e * cap, (t, k))
   buf = _rows_in(x, row_of, assignment_of).reshape(e, cap, -1)
-  out = _swiglu_stacked(buf, wg, wu, wd).reshape(e * cap, -1)
+  bounds = np.cumsum([0] + [g[0].shape[0] for g in groups])
+  out = jnp.concatenate([_swiglu_stacked(buf[lo:hi], *g) for g, lo, hi in
+                         zip(groups, bounds[:-1], bounds[1:])]).reshape(e * cap, -1)
   dropped = jnp.sum(~kept & (sorted_e < e)).astype(jnp.int32)
   return _rows_out(out, topk_weights, row_of, assignment_of).astype(x.dtype), dropped
 
@@ -324,12 +335,15 @@ def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
                    interpret: bool | None = None):
   """The grouped layout through the Pallas grouped-matmul kernels (`moe_jax.grouped_matmul`).
 
-  Dropless; no per-block weight copies. Compiled with Triton on GPU and
+  Dropless; no per-block weight copies. The weights may be tuples of stacks of
+  consecutive experts, as in `sorted_experts`, with the same effect. Compiled with Triton on GPU and
   interpreted elsewhere (`interpret` defaults to "not on a GPU").
   """
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
-  row_of, assignment_of, block_expert, block_starts = _block_layout(topk_idx, wg.shape[0], block)
+  wg, wu, wd = (tuple(w) if isinstance(w, (tuple, list)) else w for w in (wg, wu, wd))
+  e = sum(w.shape[0] for w in _groups(wg))
+  row_of, assignment_of, block_expert, block_starts = _block_layout(topk_idx, e, block)
   buf = _rows_in(x, row_of, assignment_of)
   mm = lambda a, w: grouped_matmul.gmm(a, w, block_expert, block_starts, block, interpret)
   h = jax.nn.silu(mm(buf, wg)) * mm(buf, wu)
@@ -354,23 +368,60 @@ def dense_experts(x, topk_idx, topk_weights, wg, wu, wd):
   return jnp.einsum("ted,te->td", y, gates).astype(x.dtype)
 
 
-class RoutedExperts(nn.Module):
-  """The E routed SwiGLU experts, stored stacked: gate/up [E, D, F], down [E, F, D]."""
+def _expert_params(module: nn.Module, c: ModelConfig, n: int):
+  """`module`'s stack of n SwiGLU experts, in the compute dtype: gate, up [n, D, F], down [n, F, D]."""
+  d, f, pdt = c.hidden_size, c.moe_intermediate_size, jnp.dtype(c.param_dtype)
+  wg = module.param("gate_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (n, d, f), pdt)
+  wu = module.param("up_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (n, d, f), pdt)
+  wd = module.param("down_proj", dense_init(c, (sh.EXP, sh.MLP, sh.EMBED)), (n, f, d), pdt)
+  return tuple(w.astype(c.dtype) for w in (wg, wu, wd))
+
+
+class ExpertStack(nn.Module):
+  """n experts stored apart from the layer's others (ESFT's `selected` or `rest`)."""
 
   config: ModelConfig
+  n: int
+
+  @nn.compact
+  def __call__(self):
+    return _expert_params(self, self.config, self.n)
+
+
+class RoutedExperts(nn.Module):
+  """The E routed SwiGLU experts, stored stacked: gate/up [E, D, F], down [E, F, D].
+
+  With `selected` (ESFT, see `moe_jax.esft.partition`) the listed experts are
+  stored as their own stack `selected` and the others as `rest`, and experts
+  are renumbered by their row in the two stacks. `sorted` and `pallas` run each
+  stack's weight gradient apart, so a step that differentiates only `selected`
+  computes none for the rest; the other dispatches run on the concatenation
+  and compute, then discard, the rest's.
+  """
+
+  config: ModelConfig
+  selected: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x, topk_idx, topk_weights, token_mask):
     """x: [B, S, D], topk_*: [B, S, K], token_mask: [B, S] -> (y [B, S, D], dropped)."""
     c = self.config
-    e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
-    pdt = jnp.dtype(c.param_dtype)
-    wg = self.param("gate_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (e, d, f), pdt)
-    wu = self.param("up_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (e, d, f), pdt)
-    wd = self.param("down_proj", dense_init(c, (sh.EXP, sh.MLP, sh.EMBED)), (e, f, d), pdt)
-    wg, wu, wd = (w.astype(c.dtype) for w in (wg, wu, wd))
+    e = c.n_routed_experts
+    if self.selected is None:
+      stacks = [_expert_params(self, c, e)]
+    else:
+      sel = list(self.selected)
+      rest = [i for i in range(e) if i not in set(sel)]
+      stacks = [ExpertStack(c, len(ids), name=name)() for name, ids in
+                (("selected", sel), ("rest", rest)) if ids]
+      # Experts are numbered by their row in the stacks' concatenation from here on.
+      topk_idx = jnp.asarray(np.argsort(sel + rest), jnp.int32)[topk_idx]
     b, s, _ = x.shape
     dispatch = dispatch_for(c)
+    if dispatch in ("sorted", "pallas"):  # these take the stacks as they are: see sorted_experts
+      wg, wu, wd = zip(*stacks)
+    else:
+      wg, wu, wd = (jnp.concatenate(w) if len(w) > 1 else w[0] for w in zip(*stacks))
     if dispatch == "sorted":
       # One routing group per sequence keeps the batch axis free for data parallelism.
       # Under a capacity limit padding must not take real tokens' slots; dropless, it is harmless.
@@ -389,6 +440,7 @@ class MoE(nn.Module):
   """Routed experts plus always-on shared experts (DeepSeekMoE Eq. 9)."""
 
   config: ModelConfig
+  selected: tuple[int, ...] | None = None  # ESFT's split expert storage: see RoutedExperts
 
   @nn.compact
   def __call__(self, x, token_mask):
@@ -406,7 +458,7 @@ class MoE(nn.Module):
     topk_idx, topk_weights, scores = route(logits, c, bias)
     self.sow("intermediates", "routing",
              {"scores": scores, "topk_idx": topk_idx, "topk_weights": topk_weights})
-    y, dropped = RoutedExperts(c, name="experts")(x, topk_idx, topk_weights, token_mask)
+    y, dropped = RoutedExperts(c, self.selected, name="experts")(x, topk_idx, topk_weights, token_mask)
     if c.n_shared_experts:
       y = y + SwiGLU(c, c.moe_intermediate_size * c.n_shared_experts, name="shared_experts")(x)
     # V3's sequence-wise loss counts the top-k of the unbiased affinities (V3 report Eq. 17-20).

@@ -97,8 +97,8 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
     trained, frozen = esft_partition.partition(state.params, label_tree)
 
     def objective(trained):
-      params = esft.merge(esft_partition.combine(trained, frozen), spec, config, config.dtype)
-      return loss_fn(params, state.buffers, config, batch)
+      params, fwd_config = esft.for_forward(esft_partition.combine(trained, frozen), spec, config)
+      return loss_fn(params, state.buffers, fwd_config, batch)
 
     (_, (loss_sum, n, aux, *extra)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # unused by set_to_zero; DCE'd
@@ -120,9 +120,9 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
 
 
 def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec, loss_fn=lm_loss):
-  """eval_step(state, batch) -> {loss_sum, tokens}: the loss of the merged parameters, no update."""
+  """eval_step(state, batch) -> {loss_sum, tokens}: the loss of the current parameters, no update."""
   def eval_step(state: TrainState, batch: dict) -> dict:
-    params = esft.merge(state.params, spec, config, config.dtype)
-    _, (loss_sum, n, *_) = loss_fn(params, state.buffers, config, batch)
+    params, fwd_config = esft.for_forward(state.params, spec, config)
+    _, (loss_sum, n, *_) = loss_fn(params, state.buffers, fwd_config, batch)
     return {"loss_sum": loss_sum, "tokens": n}
   return eval_step

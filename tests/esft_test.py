@@ -13,6 +13,7 @@
   (exact tensor names, exact round trip, errors); overlap and heatmap reports.
 """
 
+import collections
 import json
 import os
 import subprocess
@@ -361,31 +362,87 @@ def test_hand_counted_total(params0):
   assert sum(x.size for x in jax.tree_util.tree_leaves(params0)) == TOTAL
 
 
-@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
-def test_merge_gradients_reach_each_expert(params0, dtype):
-  """d/d(split leaves) through merge equals each expert's own row of d/d(stacked tensor)."""
+def _split_vs_stacked(params0, dispatch, trained_only):
+  """The ESFT forward on the split tree, and the stacked model's, as losses of (trained, frozen)."""
   spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
   split = esft.split(params0, spec, CONFIG)
-  rng = np.random.default_rng(0)
-  cts = {layer: {p: rng.normal(size=params0[f"layers_{layer}"]["mlp"]["experts"][p].shape)
-                 for p in PROJ} for layer in (1, 2, 3)}
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, V, (2, 16)), jnp.int32)
+  ct = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, V)), jnp.float32)
+  cfg = CONFIG.replace(dispatch=dispatch)
 
-  def loss(split):
-    merged = esft.merge(split, spec, CONFIG, dtype)
-    return sum(jnp.sum(merged[f"layers_{l}"]["mlp"]["experts"][p].astype(jnp.float32) * ct[p])
-               for l, ct in cts.items() for p in PROJ)
+  def split_loss(params):
+    params, fwd_cfg = esft.for_forward(params, spec, cfg)
+    assert fwd_cfg.expert_split == spec.experts
+    return jnp.sum(Transformer(fwd_cfg).apply({"params": params}, tokens).logits * ct)
 
-  grads = jax.grad(loss)(split)
-  for layer, ids in ((1, [5, 0, 3]), (2, []), (3, [6])):
-    got = grads[f"layers_{layer}"]["mlp"]["experts"]
-    rest = [e for e in range(E) if e not in ids]
-    for p in PROJ:
-      ct = cts[layer][p]
-      if dtype is not None:  # the cotangent reaches the parts through a bfloat16 cast
-        ct = np.asarray(jnp.asarray(ct, jnp.float32).astype(dtype).astype(jnp.float32))
-      if ids:
-        np.testing.assert_allclose(got["selected"][p], ct[ids], rtol=1e-6)
-      np.testing.assert_allclose(got["rest"][p], ct[rest], rtol=1e-6)
+  def stacked_loss(params):
+    return jnp.sum(Transformer(cfg).apply({"params": esft.merge(params, spec, cfg)}, tokens).logits * ct)
+
+  if not trained_only:
+    return split, split_loss, stacked_loss
+  trained, frozen = partition.partition(split, esft.labels(split, spec))
+  return (trained, lambda t: split_loss(partition.combine(t, frozen)),
+          lambda t: stacked_loss(partition.combine(t, frozen)))
+
+
+@pytest.mark.parametrize("dispatch", ["sorted", "pallas", "grouped"])
+def test_split_model_matches_stacked_model(params0, dispatch):
+  """Reading selected/rest stacks (expert_split) gives the stacked model's loss and gradients.
+
+  `sorted` and `pallas` take the stacks apart; every other dispatch takes their
+  concatenation, as `grouped` does here.
+  """
+  split, split_loss, stacked_loss = _split_vs_stacked(params0, dispatch, trained_only=False)
+  (got_loss, got), (want_loss, want) = (jax.jit(jax.value_and_grad(f))(split)
+                                        for f in (split_loss, stacked_loss))
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+  got, want = leaves_with_paths(got), leaves_with_paths(want)
+  assert got.keys() == want.keys()
+  for path in got:  # float32 sums in another order: tolerance relative to the leaf's scale
+    np.testing.assert_allclose(got[path], want[path], rtol=1e-4,
+                               atol=1e-5 * np.abs(want[path]).max(), err_msg=str(path))
+
+
+def _dot_shapes(jaxpr) -> collections.Counter:
+  """Output shapes of every dot_general in a jaxpr, its sub-jaxprs included."""
+  shapes = collections.Counter()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      shapes[tuple(eqn.outvars[0].aval.shape)] += 1
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          shapes += _dot_shapes(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          shapes += _dot_shapes(sub)
+  return shapes
+
+
+def _expert_weight_grads(fn, *args) -> collections.Counter:
+  """How many [n, D, F] / [n, F, D] matmul results fn computes (either layout: autodiff may
+  transpose afterwards), by n."""
+  found = collections.Counter()
+  for shape, count in _dot_shapes(jax.make_jaxpr(fn)(*args).jaxpr).items():
+    if len(shape) == 3 and shape[1:] in ((D, F), (F, D)):
+      found[shape[0]] += count
+  return found
+
+
+def test_frozen_experts_get_no_weight_gradient(params0, batches):
+  """With `sorted`, the ESFT train step's weight-gradient matmuls are the trained experts' alone.
+
+  Differentiating the stacked [E, ...] tensors instead computes every expert's
+  weight gradient and then discards the frozen rows.
+  """
+  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  cfg = CONFIG.replace(dispatch="sorted")
+  tx = make_optimizer(optimizer_cfg(), 3, spec)
+  params = esft.split(params0, spec, cfg)
+  state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params))
+  # layer 1 trains 3 experts and layer 3 one: gate, up and down weight gradients each
+  assert _expert_weight_grads(make_train_step(cfg, spec, tx), state, batches[0]) == {3: 3, 1: 3}
+  trained, _, stacked_loss = _split_vs_stacked(params0, "sorted", trained_only=True)
+  assert _expert_weight_grads(jax.grad(stacked_loss), trained) == {E: 6}
 
 
 def test_split_merge_round_trip_is_bit_identical(params0):

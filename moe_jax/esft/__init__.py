@@ -13,14 +13,15 @@ reproduces the official selection from DeepSeek's routing-log files.
 """
 
 from moe_jax.esft.adapter import load_adapter, save_adapter
-from moe_jax.esft.partition import TrainableSpec, labels, merge, split
+from moe_jax.esft.partition import TrainableSpec, for_forward, labels, merge, split
 from moe_jax.esft.report import heatmap, overlap
 from moe_jax.esft.scoring import score_experts
 from moe_jax.esft.selection import (ExpertConfigError, ExpertScores, read_expert_config,
                                     read_routing_logs, select_experts, write_expert_config)
 
 __all__ = [
-    "ExpertConfigError", "ExpertScores", "TrainableSpec", "heatmap", "labels", "load_adapter",
+    "ExpertConfigError", "ExpertScores", "TrainableSpec", "for_forward", "heatmap", "labels",
+    "load_adapter",
     "merge", "overlap", "read_expert_config", "read_routing_logs", "save_adapter",
     "score_experts", "select_experts", "split", "write_expert_config",
 ]

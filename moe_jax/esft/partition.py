@@ -5,14 +5,16 @@ stacked tensor would still give every expert optimizer state (and let weight
 decay move "frozen" rows), so ESFT splits each MoE layer's stack into two
 leaves: `experts/selected/*` [T_l, ...] holding the chosen experts and
 `experts/rest/*` [E - T_l, ...] holding the others (T_l varies by layer; layers
-are separate modules, so nothing is padded; an empty group has no leaf). `merge` puts the rows back in
-expert order before the forward pass, so routing and outputs are unchanged.
+are separate modules, so nothing is padded; an empty group has no leaf). The
+model reads the split tree directly (`for_forward`), so routing and outputs are
+unchanged and frozen experts need no weight gradient; `merge` puts the rows back
+in expert order for checkpoints.
 
 `labels` marks every leaf of the split tree "train" or "frozen"; the trainer's
 `optax.multi_transform` gives frozen leaves `set_to_zero()` (no state) and only
 differentiates the trained ones.
 
-The same three functions serve full fine-tuning (mode "fft": nothing split,
+The same functions serve full fine-tuning (mode "fft": nothing split,
 everything trains) and LoRA (mode "lora": {"base": frozen params, "lora": the
 low-rank factors}, see `moe_jax.lora`), so the trainer has one step for all.
 """
@@ -20,7 +22,6 @@ low-rank factors}, see `moe_jax.lora`), so the trainer has one step for all.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Mapping
 
 import jax
@@ -110,13 +111,8 @@ def split(params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
   return out
 
 
-def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig, dtype=None) -> dict:
-  """Inverse of `split`: stacked [E, ...] experts in expert order (differentiable).
-
-  dtype: cast the expert parts to it before stacking them. The steps pass the
-  compute dtype, which the experts are cast to anyway: stacking bf16 parts
-  rather than float32 ones halves the copy each MoE layer makes.
-  """
+def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
+  """Inverse of `split`: stacked [E, ...] experts in expert order, as checkpoints hold them."""
   if spec.mode == "fft":
     return split_params
   if spec.mode == "lora":
@@ -127,34 +123,26 @@ def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig, dtype=No
     name = f"layers_{layer}"
     sel = list(selected.get(layer, ()))
     parts = split_params[name]["mlp"]["experts"]
-    groups = [(parts[g], tuple(ids)) for g, ids in
+    groups = [(parts[g], ids) for g, ids in
               (("selected", sel), ("rest", _rest(sel, config.n_routed_experts))) if g in parts]
-    ids = tuple(i for _, i in groups)
-    cast = (lambda x: x) if dtype is None else (lambda x: x.astype(dtype))
-    experts = {p: _stack(tuple(cast(part[p]) for part, _ in groups), ids) for p in _PROJ}
+    order = np.argsort(np.concatenate([np.asarray(ids, np.int32) for _, ids in groups]))
+    experts = {p: jnp.concatenate([part[p] for part, _ in groups])[order] for p in _PROJ}
     out[name] = {**split_params[name], "mlp": {**split_params[name]["mlp"], "experts": experts}}
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _stack(parts: tuple, ids: tuple) -> jax.Array:
-  """Rows of `parts` (expert ids[i] for part i) stacked in expert order: [E, ...]."""
-  order = np.concatenate([np.asarray(i, np.int32) for i in ids])
-  return jnp.concatenate(parts)[np.argsort(order)]
+def for_forward(split_params: dict, spec: TrainableSpec, config: ModelConfig) -> tuple[dict, ModelConfig]:
+  """(params, config) for the model's forward pass over the split tree.
 
-
-def _stack_fwd(parts, ids):
-  return _stack(parts, ids), None
-
-
-def _stack_bwd(ids, _, g):
-  # Each part takes its own experts' rows of g. Autodiff would scatter g into a zero
-  # [E, ...] float32 buffer first, a full-size copy per weight and layer; here a frozen
-  # part's rows are simply never used, and XLA drops them.
-  return (tuple(jnp.take(g, np.asarray(i, np.int32), axis=0) for i in ids),)
-
-
-_stack.defvjp(_stack_fwd, _stack_bwd)
+  ESFT: the split tree as it is, with a config that makes each MoE layer read
+  its `selected` and `rest` stacks (`ModelConfig.expert_split`), so that
+  differentiating only `selected` computes no weight gradient for the rest
+  (merging them into one [E, ...] stack first would). LoRA: the factors
+  applied. FFT: unchanged.
+  """
+  if spec.mode == "esft":
+    return split_params, config.replace(expert_split=spec.experts)
+  return merge(split_params, spec, config), config
 
 
 def labels(split_params: dict, spec: TrainableSpec) -> dict:
