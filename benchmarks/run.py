@@ -48,12 +48,23 @@ H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H200 SXM (NVIDIA's datasheet,
 
 def _time(fn, *args, repeats=5):
   """Best wall time of fn(*args) over `repeats` calls, after one call that compiles."""
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
+  return _time_in_turn([lambda: fn(*args)], repeats)[0]
+
+
+def _time_in_turn(fns, repeats=5) -> list[float]:
+  """Each no-argument fn's best wall time over `repeats` rounds, after one call that compiles.
+
+  The fns take turns within a round, so that a slow spell of a shared machine
+  slows them all rather than the one that happened to run then.
+  """
+  for fn in fns:
+    jax.block_until_ready(fn())
+  best = [float("inf")] * len(fns)
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
+    for i, fn in enumerate(fns):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[i] = min(best[i], time.perf_counter() - t0)
   return best
 
 
@@ -77,9 +88,17 @@ def _layer(backend: str, capacity: int, block: int | None):
 
 def expert_layer(backend: str, tokens: int, d: int, f: int, n_experts: int, k: int,
                  dtype=jnp.float32, capacity_factor: float = 1.25, block: int | None = None):
-  """Seconds for fwd+bwd (input and weight gradients) of one routed-expert layer, and dropped assignments.
+  """Seconds for fwd+bwd of one routed-expert layer, and dropped assignments (see `expert_layer_step`)."""
+  step, dropped = expert_layer_step(backend, tokens, d, f, n_experts, k, dtype, capacity_factor, block)
+  return _time(step, repeats=3), dropped
 
-  The routing is an argument of the timed step, as in a model: a constant would
+
+def expert_layer_step(backend: str, tokens: int, d: int, f: int, n_experts: int, k: int,
+                      dtype=jnp.float32, capacity_factor: float = 1.25, block: int | None = None):
+  """(a no-argument call running fwd+bwd (input and weight gradients) of one routed-expert
+  layer, its dropped assignments).
+
+  The routing is an argument of the jitted step, as in a model: a constant would
   let XLA fold the sort and the layout into the program at compile time.
   """
   idx, w = _routing(tokens, n_experts, k)
@@ -96,8 +115,7 @@ def expert_layer(backend: str, tokens: int, d: int, f: int, n_experts: int, k: i
       return jnp.sum(y.astype(jnp.float32) ** 2), dropped
     return jax.grad(loss, argnums=(0, 1), has_aux=True)(x, ws)
 
-  dropped = int(step(x, ws, idx, w)[1])
-  return _time(step, x, ws, idx, w, repeats=3), dropped
+  return (lambda: step(x, ws, idx, w)), int(step(x, ws, idx, w)[1])
 
 
 def dense_swiglu(tokens: int, d: int, width: int, dtype=jnp.float32):
@@ -176,27 +194,23 @@ def _random_leaf(key, shape, dtype, is_scale):  # compiled once per shape, for e
 
 
 class Trainer:
-  """The trainer's own step (moe_jax.steps) on random weights, compiled; each call times one step."""
+  """The trainer's own step (moe_jax.steps) on random weights; `advance` takes one step."""
 
   def __init__(self, cfg: C.ModelConfig, spec: esft.TrainableSpec, batch: dict):
     params = random_params(cfg, spec)
     tx = make_optimizer(ADAMW, 1000, spec)
     self.state = TrainState(jnp.zeros((), jnp.int32), params, {}, jax.jit(tx.init)(params))
     self.step = jax.jit(make_train_step(cfg, spec, tx), donate_argnums=0)
-    self.batch, self.seconds = batch, float("inf")
-    self()  # compiles
-    self.seconds = float("inf")
+    self.batch = batch
 
-  def __call__(self) -> None:
-    t0 = time.perf_counter()
+  def advance(self):
     self.state, self.metrics = self.step(self.state, self.batch)
-    jax.block_until_ready(self.state)
-    self.seconds = min(self.seconds, time.perf_counter() - t0)
+    return self.state
 
-  def result(self) -> dict:
-    """The best step time so far, the last loss, dropped assignments and state bytes."""
+  def result(self, seconds: float) -> dict:
+    """`seconds`, the last loss, dropped assignments and state bytes."""
     m = self.metrics
-    return {"seconds": self.seconds, "loss": float(m["loss_sum"] / m["tokens"]),
+    return {"seconds": seconds, "loss": float(m["loss_sum"] / m["tokens"]),
             "dropped": int(m["dropped"]), "optimizer_bytes": _nbytes(self.state.opt_state),
             "param_bytes": _nbytes(self.state.params)}
 
@@ -207,12 +221,9 @@ def train_step(cfg: C.ModelConfig, spec: esft.TrainableSpec, batch: dict, repeat
 
 
 def train_steps_side_by_side(trainers: list[Trainer], repeats: int) -> list[dict]:
-  """Each trainer's best of `repeats`, their steps taken in turn, so that a slow spell of a
-  shared machine slows them all rather than the one that happened to run then."""
-  for _ in range(repeats):
-    for t in trainers:
-      t()
-  return [t.result() for t in trainers]
+  """Each trainer's best step time of `repeats`, their steps taken in turn (`_time_in_turn`)."""
+  seconds = _time_in_turn([t.advance for t in trainers], repeats)
+  return [t.result(s) for t, s in zip(trainers, seconds)]
 
 
 def _nbytes(tree) -> int:
@@ -322,17 +333,17 @@ class Report:
 def cpu_expert_layers(out: Report, smoke: bool) -> None:
   """64 experts top-8 against 8 experts top-1 with the same active parameters."""
   tokens, d = (512, 64) if smoke else (4096, 256)
+  pair = lambda backend, f64, f8: _time_in_turn([expert_layer_step(backend, tokens, d, f64, 64, 8)[0],
+                                                  expert_layer_step(backend, tokens, d, f8, 8, 1)[0]])
   for backend, name in (("grouped", "grouped, dropless"), ("sorted", "sorted, capacity 1.25")):
-    e64, _ = expert_layer(backend, tokens, d, d // 8, 64, 8)
-    e8, _ = expert_layer(backend, tokens, d, d, 8, 1)
+    e64, e8 = pair(backend, d // 8, d)
     out.row(f"expert layer E=64 top-8 F={d // 8}, {tokens} tokens, d={d}, fwd+bwd, {name} (s)", e64)
     out.row(f"expert layer E=8 top-1 F={d}, same active parameters, {name} (s)", e8)
     out.figure("moe_e64_vs_e8_time_ratio" + ("" if backend == "grouped" else "_sorted"), e64 / e8)
   # The same comparison with experts as wide, relative to d, as DeepSeek-V2-Lite's (1408 / 2048):
   # F = d/8 above leaves XLA:CPU's batched matmuls too small to use both cores.
   f = round(d * 1408 / 2048)
-  e64, _ = expert_layer("grouped", tokens, d, f, 64, 8)
-  e8, _ = expert_layer("grouped", tokens, d, 8 * f, 8, 1)
+  e64, e8 = pair("grouped", f, 8 * f)
   out.row(f"expert layer E=64 top-8 F={f} (V2-Lite's F/d), {tokens} tokens, d={d}, grouped (s)", e64)
   out.row(f"expert layer E=8 top-1 F={8 * f}, same active parameters, grouped (s)", e8)
   out.figure("moe_e64_vs_e8_time_ratio_v2lite_widths", e64 / e8)
