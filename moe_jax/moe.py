@@ -336,13 +336,14 @@ def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
   """The grouped layout through the Pallas grouped-matmul kernels (`moe_jax.grouped_matmul`).
 
   Dropless; no per-block weight copies. The weights may be tuples of stacks of
-  consecutive experts, as in `sorted_experts`, with the same effect. Compiled with Triton on GPU and
-  interpreted elsewhere (`interpret` defaults to "not on a GPU").
+  consecutive experts, as in `sorted_experts`, with the same effect. Compiled
+  with Triton on GPU and interpreted elsewhere (`interpret` defaults to "not on
+  a GPU").
   """
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
-  wg, wu, wd = (tuple(w) if isinstance(w, (tuple, list)) else w for w in (wg, wu, wd))
-  e = sum(w.shape[0] for w in _groups(wg))
+  wg, wu, wd = map(_groups, (wg, wu, wd))
+  e = sum(w.shape[0] for w in wg)
   row_of, assignment_of, block_expert, block_starts = _block_layout(topk_idx, e, block)
   buf = _rows_in(x, row_of, assignment_of)
   mm = lambda a, w: grouped_matmul.gmm(a, w, block_expert, block_starts, block, interpret)
@@ -377,7 +378,7 @@ def _expert_params(module: nn.Module, c: ModelConfig, n: int):
   return tuple(w.astype(c.dtype) for w in (wg, wu, wd))
 
 
-class ExpertStack(nn.Module):
+class _ExpertStack(nn.Module):
   """n experts stored apart from the layer's others (ESFT's `selected` or `rest`)."""
 
   config: ModelConfig
@@ -411,8 +412,8 @@ class RoutedExperts(nn.Module):
       stacks = [_expert_params(self, c, e)]
     else:
       sel = list(self.selected)
-      rest = [i for i in range(e) if i not in set(sel)]
-      stacks = [ExpertStack(c, len(ids), name=name)() for name, ids in
+      rest = sorted(set(range(e)) - set(sel))
+      stacks = [_ExpertStack(c, len(ids), name=name)() for name, ids in
                 (("selected", sel), ("rest", rest)) if ids]
       # Experts are numbered by their row in the stacks' concatenation from here on.
       topk_idx = jnp.asarray(np.argsort(sel + rest), jnp.int32)[topk_idx]
@@ -458,7 +459,8 @@ class MoE(nn.Module):
     topk_idx, topk_weights, scores = route(logits, c, bias)
     self.sow("intermediates", "routing",
              {"scores": scores, "topk_idx": topk_idx, "topk_weights": topk_weights})
-    y, dropped = RoutedExperts(c, self.selected, name="experts")(x, topk_idx, topk_weights, token_mask)
+    y, dropped = RoutedExperts(c, self.selected, name="experts")(x, topk_idx, topk_weights,
+                                                                 token_mask)
     if c.n_shared_experts:
       y = y + SwiGLU(c, c.moe_intermediate_size * c.n_shared_experts, name="shared_experts")(x)
     # V3's sequence-wise loss counts the top-k of the unbiased affinities (V3 report Eq. 17-20).
