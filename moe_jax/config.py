@@ -4,7 +4,8 @@ Field names are the ones in DeepSeek's `config.json` files (`hidden_size`,
 `n_routed_experts`, `topk_method`, ...), so a checkpoint's config reads in
 directly and writes back out unchanged. A few fields are ours and never written
 to `config.json`: the token dispatch (`dispatch`, `capacity_factor`), the
-device-level balance loss, the compute dtype and ESFT's expert layout.
+device-level balance loss, the compute dtype, rematerialisation and ESFT's
+expert layout.
 
 Presets for the published models live at the bottom (`PRESETS`); `tiny()` gives
 a small random-init model for tests and demos.
@@ -22,6 +23,7 @@ _MODEL_TYPES = ("deepseek", "deepseek_v2", "deepseek_v3")
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 _SCORING_FUNCS = ("softmax", "sigmoid")
 _DISPATCHES = ("auto", "sorted", "grouped", "pallas", "ragged_dot", "dense")
+_REMATS = ("none", "full", "dots")
 _ROPE_TYPES = ("default", "yarn")
 
 
@@ -87,6 +89,10 @@ class ModelConfig:
   capacity_factor: float = 0.0  # sorted dispatch (auto picks it when > 0); <= 0 means dropless
   dtype: str = "float32"  # activation dtype; the router always runs in float32
   param_dtype: str = "float32"
+  # What the backward pass keeps of each decoder layer (moe_jax.model): "none" keeps every
+  # activation; "full" keeps the layer's input and recomputes the rest; "dots" also keeps the
+  # projections' outputs (matmuls without batch dimensions) and recomputes the expert FFNs.
+  remat: str = "none"
   # ESFT's parameter layout, set by its steps (esft.partition.for_forward): None stores each
   # layer's routed experts as one stack; ((layer, expert ids), ...) stores the listed experts of
   # every MoE layer as `experts/selected` and the others as `experts/rest`.
@@ -177,7 +183,7 @@ class ModelConfig:
     """The `config.json` dict transformers and DeepSeek's remote code read."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     for ours in ("device_aux_loss_alpha", "n_balance_devices", "dispatch",
-                 "capacity_factor", "dtype", "param_dtype", "expert_split"):
+                 "capacity_factor", "dtype", "param_dtype", "remat", "expert_split"):
       d.pop(ours)
     arch = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
             "deepseek_v3": "DeepseekV3ForCausalLM"}[self.model_type]
@@ -232,6 +238,8 @@ def _validate(c: ModelConfig) -> None:
     fail("scoring_func", f"unknown function {c.scoring_func!r}; expected one of {_SCORING_FUNCS}")
   if c.dispatch not in _DISPATCHES:
     fail("dispatch", f"unknown dispatch {c.dispatch!r}; expected one of {_DISPATCHES}")
+  if c.remat not in _REMATS:
+    fail("remat", f"unknown policy {c.remat!r}; expected one of {_REMATS}")
   kind = None
   if c.rope_scaling is not None:
     kind = c.rope_scaling.get("rope_type", c.rope_scaling.get("type"))

@@ -59,6 +59,11 @@ class DecoderLayer(nn.Module):
     return x + h, aux, new_cache
 
 
+# What a rematerialised layer keeps for the backward pass (ModelConfig.remat).
+_REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Transformer(nn.Module):
   """DeepSeekMoE / DeepSeek-V2 / DeepSeek-V3 decoder-only language model."""
 
@@ -91,11 +96,14 @@ class Transformer(nn.Module):
     else:
       k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, start))
     split = None if c.expert_split is None else dict(c.expert_split)
+    layer_cls = DecoderLayer
+    if c.remat != "none" and cache is None:  # decoding has no backward pass
+      layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[c.remat])
     new_layers, auxes = [], []
     for i in range(c.num_hidden_layers):
       layer_cache = None if cache is None else cache["layers"][i]
       selected = None if split is None else tuple(split.get(i, ()))
-      x, aux, new_cache = DecoderLayer(c, c.is_moe_layer(i), selected, name=f"layers_{i}")(
+      x, aux, new_cache = layer_cls(c, c.is_moe_layer(i), selected, name=f"layers_{i}")(
           x, positions, segment_ids, k_segments, layer_cache, start)
       new_layers.append(new_cache)
       if aux is not None:

@@ -13,7 +13,7 @@ import ml_collections
 from moe_jax import sharding
 from moe_jax.config import ModelConfig
 
-_COMPUTE_FIELDS = ("dispatch", "capacity_factor")  # set under config.compute
+_COMPUTE_FIELDS = ("dispatch", "capacity_factor", "remat")  # set under config.compute
 
 
 def _model_fields() -> dict:
@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
       # "grouped", "pallas", "ragged_dot" or "dense" (see moe_jax.moe).
       dispatch="auto",
       capacity_factor=0.0,  # <= 0: dropless; 1.25-2.0 trades exactness for speed at scale
+      # Recompute each layer in the backward pass rather than keep its activations: "none",
+      # "full" (keep the layer's input only) or "dots" (also keep the projections' outputs).
+      remat="none",
   ))
   # Optional base training before the main run (used by the quickstart).
   c.pretrain = ml_collections.ConfigDict(dict(num_train_steps=0, train_files=(), learning_rate=3e-3))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxpr_util import dot_shapes
 from safetensors.numpy import load_file, save_file
 
 from moe_jax import config as model_config
@@ -403,26 +404,11 @@ def test_split_model_matches_stacked_model(params0, dispatch):
                                atol=1e-5 * np.abs(want[path]).max(), err_msg=str(path))
 
 
-def _dot_shapes(jaxpr) -> collections.Counter:
-  """Output shapes of every dot_general in a jaxpr, its sub-jaxprs included."""
-  shapes = collections.Counter()
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      shapes[tuple(eqn.outvars[0].aval.shape)] += 1
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          shapes += _dot_shapes(sub.jaxpr)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          shapes += _dot_shapes(sub)
-  return shapes
-
-
 def _expert_weight_grads(fn, *args) -> collections.Counter:
   """How many [n, D, F] / [n, F, D] matmul results fn computes (either layout: autodiff may
   transpose afterwards), by n."""
   found = collections.Counter()
-  for shape, count in _dot_shapes(jax.make_jaxpr(fn)(*args).jaxpr).items():
+  for shape, count in dot_shapes(jax.make_jaxpr(fn)(*args).jaxpr).items():
     if len(shape) == 3 and shape[1:] in ((D, F), (F, D)):
       found[shape[0]] += count
   return found
