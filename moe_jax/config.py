@@ -27,6 +27,13 @@ _REMATS = ("none", "full", "dots")
 _ROPE_TYPES = ("default", "yarn")
 
 
+# Our fields, never written to config.json: how a model computes and trains, not what it is.
+OWN_FIELDS = ("device_aux_loss_alpha", "n_balance_devices", "dispatch", "capacity_factor", "dtype",
+              "param_dtype", "remat", "expert_split")
+# Of those, the ones that leave the trained function unchanged: a run may resume with others.
+COMPUTE_FIELDS = ("dispatch", "capacity_factor", "dtype", "remat")
+
+
 class ConfigError(ValueError):
   """A configuration that cannot describe a model; the message names the field."""
 
@@ -182,8 +189,7 @@ class ModelConfig:
   def to_hf_dict(self) -> dict:
     """The `config.json` dict transformers and DeepSeek's remote code read."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    for ours in ("device_aux_loss_alpha", "n_balance_devices", "dispatch",
-                 "capacity_factor", "dtype", "param_dtype", "remat", "expert_split"):
+    for ours in OWN_FIELDS:
       d.pop(ours)
     arch = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
             "deepseek_v3": "DeepseekV3ForCausalLM"}[self.model_type]

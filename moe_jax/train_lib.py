@@ -133,7 +133,7 @@ def _meta(mcfg: model_config.ModelConfig, spec: esft.TrainableSpec) -> dict:
   # model reloaded from its export compare equal.
   canon = model_config.ModelConfig.from_hf_dict(mcfg.to_hf_dict()).replace(**_own_fields(mcfg))
   model = dataclasses.asdict(canon)
-  for field in ("dispatch", "capacity_factor", "dtype", "remat"):  # compute-only: may change on resume
+  for field in model_config.COMPUTE_FIELDS:  # may change on resume
     model.pop(field)
   return {"model": model, "trainable": spec.to_expert_config() if spec.mode == "esft" else "fft"}
 
@@ -313,8 +313,7 @@ def base_model(cfg, workdir: str, tokenizer, mesh) -> Model:
 
 def _own_fields(mcfg: model_config.ModelConfig) -> dict:
   """The ModelConfig fields config.json does not hold (compute and balance settings)."""
-  return {k: getattr(mcfg, k) for k in ("dispatch", "capacity_factor", "dtype", "param_dtype",
-                                        "remat", "device_aux_loss_alpha", "n_balance_devices")}
+  return {k: getattr(mcfg, k) for k in model_config.OWN_FIELDS}
 
 
 def select_experts(cfg, workdir: str, model: Model, data: Data) -> esft.TrainableSpec:
