@@ -200,7 +200,10 @@ class Trainer:
     params = random_params(cfg, spec)
     tx = make_optimizer(ADAMW, 1000, spec)
     self.state = TrainState(jnp.zeros((), jnp.int32), params, {}, jax.jit(tx.init)(params))
-    self.step = jax.jit(make_train_step(cfg, spec, tx), donate_argnums=0)
+    self.step = jax.jit(make_train_step(cfg, spec, tx), donate_argnums=0).lower(
+        self.state, batch).compile()
+    memory = self.step.memory_analysis()  # XLA's plan: the step's temporaries, activations included
+    self.temp_bytes = None if memory is None else int(memory.temp_size_in_bytes)
     self.batch = batch
 
   def advance(self):
@@ -212,7 +215,7 @@ class Trainer:
     m = self.metrics
     return {"seconds": seconds, "loss": float(m["loss_sum"] / m["tokens"]),
             "dropped": int(m["dropped"]), "optimizer_bytes": _nbytes(self.state.opt_state),
-            "param_bytes": _nbytes(self.state.params)}
+            "param_bytes": _nbytes(self.state.params), "temp_bytes": self.temp_bytes}
 
 
 def train_step(cfg: C.ModelConfig, spec: esft.TrainableSpec, batch: dict, repeats=3) -> dict:
@@ -462,6 +465,27 @@ def gpu_train_steps(out: Report, smoke: bool) -> None:
   out.row(f"ESFT step, 10% of experts, {cfg.dispatch} (s)", es["seconds"])
   out.row("  optimizer bytes FFT", fft["optimizer_bytes"])
   out.row("  optimizer bytes ESFT", es["optimizer_bytes"])
+  for name, r in (("FFT", fft), ("ESFT", es)):
+    out.row(f"  XLA temporaries {name} (GB)", float("nan") if r["temp_bytes"] is None else r["temp_bytes"] / 1e9)
+
+
+def gpu_remat(out: Report, smoke: bool) -> None:
+  """What recomputing each layer in the backward pass saves and costs (ModelConfig.remat)."""
+  layers, batch_size, seq = (2, 2, 64) if smoke else (4, 8, 2048)
+  base = (C.tiny if smoke else C.deepseek_v2_lite)().replace(
+      num_hidden_layers=layers, dtype="bfloat16", dispatch="sorted", capacity_factor=1.25)
+  batch = _batch(base, batch_size, seq)
+  runs = {}
+  for remat in ("none", "full"):  # one at a time: two FFT states of this model need not fit together
+    runs[remat] = train_step(base.replace(remat=remat), esft.TrainableSpec(), batch)
+    temp = runs[remat]["temp_bytes"]
+    out.row(f"V2-Lite x{layers} FFT step, {batch_size}x{seq} tokens, sorted 1.25, remat {remat} (s)",
+            runs[remat]["seconds"])
+    out.row("  XLA temporaries (GB)", float("nan") if temp is None else temp / 1e9)
+  out.figure("remat_full_vs_none_step_time_ratio", runs["full"]["seconds"] / runs["none"]["seconds"])
+  if runs["none"]["temp_bytes"]:
+    out.figure("remat_full_vs_none_temp_bytes_ratio",
+               runs["full"]["temp_bytes"] / runs["none"]["temp_bytes"])
 
 
 def gpu_v2lite_fit(out: Report, smoke: bool) -> None:
@@ -496,7 +520,8 @@ def gpu_v2lite_fit(out: Report, smoke: bool) -> None:
 
 SUITES = {
     "cpu": {"layers": cpu_expert_layers, "generation": cpu_generation, "train": cpu_train_steps},
-    "gpu": {"layers": gpu_expert_layers, "train": gpu_train_steps, "v2lite": gpu_v2lite_fit},
+    "gpu": {"layers": gpu_expert_layers, "train": gpu_train_steps, "v2lite": gpu_v2lite_fit,
+            "remat": gpu_remat},
 }
 
 
