@@ -22,6 +22,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
@@ -125,12 +126,10 @@ def _gmm_bwd(bm, interpret, res, dy):
   x, w, block_expert, block_starts = res
   dx = _gmm(dy, jnp.swapaxes(_stacked(w), 1, 2), block_expert, bm, interpret)
   # Expert e's gradient reads block_starts[e:e + 2], so a stack's slice starts at its first expert.
-  dw, lo = [], 0
-  for stack in (w if isinstance(w, tuple) else (w,)):
-    n = stack.shape[0]
-    dw.append(_tgmm(x, dy, block_starts[lo:lo + n + 1], n, bm, interpret))
-    lo += n
-  return dx, (tuple(dw) if isinstance(w, tuple) else dw[0]), None, None
+  sizes = [stack.shape[0] for stack in (w if isinstance(w, tuple) else (w,))]
+  dw = tuple(_tgmm(x, dy, block_starts[lo:lo + n + 1], n, bm, interpret)
+             for lo, n in zip(np.cumsum([0] + sizes[:-1]), sizes))
+  return dx, (dw if isinstance(w, tuple) else dw[0]), None, None
 
 
 gmm.defvjp(_gmm_fwd, _gmm_bwd)

@@ -369,6 +369,16 @@ def dense_experts(x, topk_idx, topk_weights, wg, wu, wd):
   return jnp.einsum("ted,te->td", y, gates).astype(x.dtype)
 
 
+def split_stacks(selected, n_experts: int) -> tuple[list[int], list[int]]:
+  """ESFT's two expert stacks: (the selected ids as listed, the rest ascending).
+
+  `RoutedExperts` reads its `selected` and `rest` stacks in this order, and
+  `moe_jax.esft.split` / `merge` write and undo it.
+  """
+  chosen = set(selected)
+  return list(selected), [e for e in range(n_experts) if e not in chosen]
+
+
 def _expert_params(module: nn.Module, c: ModelConfig, n: int):
   """`module`'s stack of n SwiGLU experts, in the compute dtype: gate, up [n, D, F], down [n, F, D]."""
   d, f, pdt = c.hidden_size, c.moe_intermediate_size, jnp.dtype(c.param_dtype)
@@ -411,8 +421,7 @@ class RoutedExperts(nn.Module):
     if self.selected is None:
       stacks = [_expert_params(self, c, e)]
     else:
-      sel = list(self.selected)
-      rest = sorted(set(range(e)) - set(sel))
+      sel, rest = split_stacks(self.selected, e)
       stacks = [_ExpertStack(c, len(ids), name=name)() for name, ids in
                 (("selected", sel), ("rest", rest)) if ids]
       # Experts are numbered by their row in the stacks' concatenation from here on.

@@ -31,6 +31,7 @@ import numpy as np
 from moe_jax import lora as lora_lib
 from moe_jax.config import ModelConfig
 from moe_jax.esft.selection import ExpertConfigError, validate_expert_config
+from moe_jax.moe import split_stacks
 
 _PROJ = ("gate_proj", "up_proj", "down_proj")
 TRAIN, FROZEN = "train", "frozen"
@@ -77,11 +78,6 @@ class TrainableSpec:
             "shared_experts": self.shared_experts, "non_expert_modules": self.non_expert_modules}
 
 
-def _rest(selected, n_experts):
-  chosen = set(selected)
-  return [e for e in range(n_experts) if e not in chosen]
-
-
 def _rows(x, ids):
   """x[ids] for arrays; logical PartitionSpecs (one per leaf) pass through unchanged."""
   return x if isinstance(x, jax.sharding.PartitionSpec) else x[np.asarray(ids, np.int32)]
@@ -101,8 +97,7 @@ def split(params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
   selected = spec.selected
   for layer in config.moe_layers:
     name = f"layers_{layer}"
-    sel = list(selected.get(layer, ()))
-    rest = _rest(sel, config.n_routed_experts)
+    sel, rest = split_stacks(selected.get(layer, ()), config.n_routed_experts)
     experts = params[name]["mlp"]["experts"]
     # An empty group is left out (checkpoints cannot hold zero-size arrays).
     split_experts = {group: {p: _rows(experts[p], ids) for p in _PROJ}
@@ -121,12 +116,11 @@ def merge(split_params: dict, spec: TrainableSpec, config: ModelConfig) -> dict:
   selected = spec.selected
   for layer in config.moe_layers:
     name = f"layers_{layer}"
-    sel = list(selected.get(layer, ()))
+    sel, rest = split_stacks(selected.get(layer, ()), config.n_routed_experts)
+    inverse = np.argsort(np.asarray(sel + rest))
     parts = split_params[name]["mlp"]["experts"]
-    groups = [(parts[g], ids) for g, ids in
-              (("selected", sel), ("rest", _rest(sel, config.n_routed_experts))) if g in parts]
-    order = np.argsort(np.concatenate([np.asarray(ids, np.int32) for _, ids in groups]))
-    experts = {p: jnp.concatenate([part[p] for part, _ in groups])[order] for p in _PROJ}
+    groups = [parts[g] for g in ("selected", "rest") if g in parts]  # an empty group has no leaf
+    experts = {p: jnp.concatenate([g[p] for g in groups])[inverse] for p in _PROJ}
     out[name] = {**split_params[name], "mlp": {**split_params[name]["mlp"], "experts": experts}}
   return out
 
