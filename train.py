@@ -9,7 +9,7 @@ On several hosts, run the same command on every host with `--distributed`
 loads its own share of every batch; only process 0 writes logs and exports;
 Orbax coordinates the checkpoints.
 
-Kept short so the logic lives in `moe_jax.train_lib`, importable from notebooks.
+Kept short so the logic lives in `moe_jax.tasks` and the engine below it, importable from notebooks.
 """
 
 from absl import app, flags, logging
@@ -38,10 +38,10 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()
-  from moe_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from moe_jax import tasks  # pylint: disable=import-outside-toplevel
 
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
-  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  tasks.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax import config as C
-from moe_jax import esft, host, moe
+from moe_jax import host, moe, trainable
 from moe_jax.generate import generate
 from moe_jax.model import Model, init_variables
 from moe_jax.steps import TrainState, make_optimizer, make_train_step
@@ -78,12 +78,9 @@ def _routing(tokens: int, n_experts: int, k: int, seed=0):
 
 
 def _layer(backend: str, capacity: int, block: int | None):
-  """(x, idx, w, wg, wu, wd) -> (y, dropped assignments) through one dispatch."""
-  return {"sorted": lambda x, idx, w, *ws: moe.sorted_experts(x, idx, w, *ws, capacity),
-          "grouped": lambda x, idx, w, *ws: (moe.grouped_experts(x, idx, w, *ws, block=block), 0),
-          "pallas": lambda x, idx, w, *ws: (moe.pallas_experts(x, idx, w, *ws, block=block or 64), 0),
-          "ragged_dot": lambda x, idx, w, *ws: (moe.ragged_experts(x, idx, w, *ws), 0),
-          "dense": lambda x, idx, w, *ws: (moe.dense_experts(x, idx, w, *ws), 0)}[backend]
+  """(x, idx, w, wg, wu, wd) -> (y, dropped assignments) through one dispatch (moe's own table)."""
+  return lambda x, idx, w, *ws: moe.expert_ffn(backend, x, idx, w, *ws, capacity_per_expert=capacity,
+                                               block=block)
 
 
 def expert_layer(backend: str, tokens: int, d: int, f: int, n_experts: int, k: int,
@@ -163,14 +160,14 @@ def _batch(cfg: C.ModelConfig, batch: int, seq: int) -> dict:
           "positions": jnp.broadcast_to(jnp.arange(seq + 1, dtype=jnp.int32), (batch, seq + 1))}
 
 
-def esft_spec(cfg: C.ModelConfig, fraction: float = 0.1) -> esft.TrainableSpec:
+def esft_spec(cfg: C.ModelConfig, fraction: float = 0.1) -> trainable.TrainableSpec:
   """ESFT training `fraction` of each MoE layer's routed experts (the paper selects 5-15%)."""
   n = max(1, round(fraction * cfg.n_routed_experts))
   selection = {"experts": {str(l): list(range(n)) for l in cfg.moe_layers}}
-  return esft.TrainableSpec.from_expert_config(selection, cfg)
+  return trainable.TrainableSpec.from_expert_config(selection, cfg)
 
 
-def random_params(cfg: C.ModelConfig, spec: esft.TrainableSpec, seed: int = 0) -> dict:
+def random_params(cfg: C.ModelConfig, spec: trainable.TrainableSpec, seed: int = 0) -> dict:
   """Random weights in the split (trainable/frozen) layout, made one leaf at a time.
 
   A model-wide init program holds its random bits and intermediates for every
@@ -178,7 +175,7 @@ def random_params(cfg: C.ModelConfig, spec: esft.TrainableSpec, seed: int = 0) -
   than an H200 has); leaf by leaf, the peak is the weights plus one leaf's work.
   Norm scales are ones, everything else N(0, 0.02): timing needs no more.
   """
-  shapes = jax.eval_shape(lambda: esft.split(init_variables(cfg, 0)["params"], spec, cfg))
+  shapes = jax.eval_shape(lambda: trainable.split(init_variables(cfg, 0)["params"], spec, cfg))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
   made = [_random_leaf(key, x.shape, x.dtype, getattr(path[-1], "key", "") == "scale")
@@ -196,7 +193,7 @@ def _random_leaf(key, shape, dtype, is_scale):  # compiled once per shape, for e
 class Trainer:
   """The trainer's own step (moe_jax.steps) on random weights; `advance` takes one step."""
 
-  def __init__(self, cfg: C.ModelConfig, spec: esft.TrainableSpec, batch: dict):
+  def __init__(self, cfg: C.ModelConfig, spec: trainable.TrainableSpec, batch: dict):
     params = random_params(cfg, spec)
     tx = make_optimizer(ADAMW, 1000, spec)
     self.state = TrainState(jnp.zeros((), jnp.int32), params, {}, jax.jit(tx.init)(params))
@@ -218,7 +215,7 @@ class Trainer:
             "param_bytes": _nbytes(self.state.params), "temp_bytes": self.temp_bytes}
 
 
-def train_step(cfg: C.ModelConfig, spec: esft.TrainableSpec, batch: dict, repeats=3) -> dict:
+def train_step(cfg: C.ModelConfig, spec: trainable.TrainableSpec, batch: dict, repeats=3) -> dict:
   """Times the trainer's step: best of `repeats` after compiling (see `Trainer.result`)."""
   return train_steps_side_by_side([Trainer(cfg, spec, batch)], repeats)[0]
 
@@ -259,7 +256,7 @@ def train_flops_per_token(cfg: C.ModelConfig, seq: int) -> float:
   return 3 * (2 * active + attention)
 
 
-def training_bytes(cfg: C.ModelConfig, spec: esft.TrainableSpec) -> dict:
+def training_bytes(cfg: C.ModelConfig, spec: trainable.TrainableSpec) -> dict:
   """Parameter, gradient and AdamW bytes (float32) of a trainable set; activations excluded."""
   total, routed, _ = param_counts(cfg)
   if spec.mode == "fft":
@@ -371,7 +368,7 @@ def cpu_train_steps(out: Report, smoke: bool) -> None:
     cfg = C.tiny(hidden_size=128, num_hidden_layers=3, n_routed_experts=16, num_experts_per_tok=4,
                  moe_intermediate_size=64, dispatch=dispatch)
     batch = _batch(cfg, 2 if smoke else 8, 255)
-    fft, es = train_steps_side_by_side([Trainer(cfg, esft.TrainableSpec(), batch),
+    fft, es = train_steps_side_by_side([Trainer(cfg, trainable.TrainableSpec(), batch),
                                         Trainer(cfg, esft_spec(cfg, 2 / 16), batch)], repeats=10)
     tokens = batch["tokens"].shape[0] * 256
     out.row(f"train step FFT, 3-layer d=128, 16 experts top-4, {tokens} tokens, {dispatch} (s)",
@@ -440,7 +437,7 @@ def gpu_train_steps(out: Report, smoke: bool) -> None:
   for dispatch, cf in dispatches:
     cfg = base.replace(dispatch=dispatch, capacity_factor=cf)
     try:
-      trainer = Trainer(cfg, esft.TrainableSpec(), batch)
+      trainer = Trainer(cfg, trainable.TrainableSpec(), batch)
       fft = train_steps_side_by_side([trainer], 3)[0]
     except Exception as err:  # noqa: BLE001 -- e.g. out of memory; the other dispatch may fit
       out.row(f"V2-Lite x{layers} FFT step, {dispatch}: failed ({type(err).__name__})", float("nan"))
@@ -477,7 +474,7 @@ def gpu_remat(out: Report, smoke: bool) -> None:
   batch = _batch(base, batch_size, seq)
   runs = {}
   for remat in ("none", "full"):  # one at a time: two FFT states of this model need not fit together
-    runs[remat] = train_step(base.replace(remat=remat), esft.TrainableSpec(), batch)
+    runs[remat] = train_step(base.replace(remat=remat), trainable.TrainableSpec(), batch)
     temp = runs[remat]["temp_bytes"]
     out.row(f"V2-Lite x{layers} FFT step, {batch_size}x{seq} tokens, sorted 1.25, remat {remat} (s)",
             runs[remat]["seconds"])
@@ -495,7 +492,7 @@ def gpu_v2lite_fit(out: Report, smoke: bool) -> None:
       dtype="bfloat16", dispatch="sorted", capacity_factor=1.25)
   spec = esft_spec(full)
   limit = device_bytes()
-  need = {name: training_bytes(full, s)["total"] for name, s in (("fft", esft.TrainableSpec()),
+  need = {name: training_bytes(full, s)["total"] for name, s in (("fft", trainable.TrainableSpec()),
                                                                   ("esft", spec))}
   out.figure("device_bytes", limit)
   out.figure("v2lite_fft_fits", None if limit is None else bool(need["fft"] < limit))

@@ -13,7 +13,7 @@ trains only the experts the policy's own rollouts route to.
 
 import ml_collections
 
-from moe_jax.train_config import gsm8k_demo_model, ppo_config
+from moe_jax.prm.configs import gsm8k_demo_model, ppo_config
 
 
 def get_config() -> ml_collections.ConfigDict:

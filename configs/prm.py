@@ -12,7 +12,7 @@ tags) or TRL (`prompt`/`completions`/`labels`) JSONL. ESFT applies too:
 
 import ml_collections
 
-from moe_jax.train_config import gsm8k_demo_model, prm_config
+from moe_jax.prm.configs import gsm8k_demo_model, prm_config
 
 
 def get_config() -> ml_collections.ConfigDict:

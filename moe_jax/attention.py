@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax import sharding as sh
+from moe_jax import axes as ax
 from moe_jax.config import ModelConfig
 from moe_jax.layers import apply_rope, dense, rms_norm, rope_frequencies, softmax_scale
 
@@ -115,9 +115,9 @@ class Attention(nn.Module):
     n, h = c.num_attention_heads, c.mha_head_dim
     n_kv = c.num_key_value_heads or n
     bias = c.attention_bias
-    q = dense(c, (n, h), (sh.EMBED, sh.HEADS, sh.KV), "q_proj", use_bias=bias)(x)
-    k = dense(c, (n_kv, h), (sh.EMBED, sh.HEADS, sh.KV), "k_proj", use_bias=bias)(x)
-    v = dense(c, (n_kv, h), (sh.EMBED, sh.HEADS, sh.KV), "v_proj", use_bias=bias)(x)
+    q = dense(c, (n, h), (ax.EMBED, ax.HEADS, ax.KV), "q_proj", use_bias=bias)(x)
+    k = dense(c, (n_kv, h), (ax.EMBED, ax.HEADS, ax.KV), "k_proj", use_bias=bias)(x)
+    v = dense(c, (n_kv, h), (ax.EMBED, ax.HEADS, ax.KV), "v_proj", use_bias=bias)(x)
     q = apply_rope(q, positions, inv_freq, attention_factor, interleaved=False)
     k = apply_rope(k, positions, inv_freq, attention_factor, interleaved=False)
     new_cache = None
@@ -128,7 +128,7 @@ class Attention(nn.Module):
     if n_kv != n:  # grouped-query attention: each key/value head serves n // n_kv query heads
       k, v = jnp.repeat(k, n // n_kv, axis=2), jnp.repeat(v, n // n_kv, axis=2)
     out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, H]
-    y = dense(c, c.hidden_size, (sh.HEADS, sh.KV, sh.EMBED), "o_proj", in_axes=(-2, -1),
+    y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),
               use_bias=bias)(out)
     return y, new_cache
 
@@ -137,13 +137,13 @@ class Attention(nn.Module):
     n, nope, rope, hv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
     bias = c.attention_bias
     if c.q_lora_rank is None:
-      q = dense(c, (n, nope + rope), (sh.EMBED, sh.HEADS, sh.KV), "q_proj")(x)
+      q = dense(c, (n, nope + rope), (ax.EMBED, ax.HEADS, ax.KV), "q_proj")(x)
     else:
-      q_latent = dense(c, c.q_lora_rank, (sh.EMBED, sh.Q_LORA), "q_a_proj", use_bias=bias)(x)
+      q_latent = dense(c, c.q_lora_rank, (ax.EMBED, ax.Q_LORA), "q_a_proj", use_bias=bias)(x)
       q_latent = rms_norm(c, "q_a_layernorm", eps=_LATENT_NORM_EPS)(q_latent)
-      q = dense(c, (n, nope + rope), (sh.Q_LORA, sh.HEADS, sh.KV), "q_b_proj")(q_latent)
+      q = dense(c, (n, nope + rope), (ax.Q_LORA, ax.HEADS, ax.KV), "q_b_proj")(q_latent)
     q_nope, q_pe = q[..., :nope], q[..., nope:]  # [B, T, N, nope], [B, T, N, rope]
-    kv_a = dense(c, c.kv_lora_rank + rope, (sh.EMBED, sh.KV_LORA), "kv_a_proj_with_mqa",
+    kv_a = dense(c, c.kv_lora_rank + rope, (ax.EMBED, ax.KV_LORA), "kv_a_proj_with_mqa",
                  use_bias=bias)(x)
     c_kv = rms_norm(c, "kv_a_layernorm", eps=_LATENT_NORM_EPS)(kv_a[..., :c.kv_lora_rank])  # [B, T, R]
     k_pe = kv_a[..., None, c.kv_lora_rank:]  # [B, T, 1, rope]: one rope key shared by all heads
@@ -154,7 +154,7 @@ class Attention(nn.Module):
       c_kv = _update_cache(cache, "c_kv", c_kv, cache_index)
       k_pe = _update_cache(cache, "k_pe", k_pe, cache_index)
       new_cache = {"c_kv": c_kv, "k_pe": k_pe}
-    kv_b = dense(c, (n, nope + hv), (sh.KV_LORA, sh.HEADS, sh.KV), "kv_b_proj")
+    kv_b = dense(c, (n, nope + hv), (ax.KV_LORA, ax.HEADS, ax.KV), "kv_b_proj")
     if _absorb(c, x.shape[1], c_kv.shape[1]) and not self.is_initializing():
       w = self.variables["params"]["kv_b_proj"]["kernel"].astype(q.dtype)  # [R, N, nope+Hv]
       out = _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w[..., :nope], w[..., nope:], mask,
@@ -165,6 +165,6 @@ class Attention(nn.Module):
       k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
       q = jnp.concatenate([q_nope, q_pe], axis=-1)
       out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
-    y = dense(c, c.hidden_size, (sh.HEADS, sh.KV, sh.EMBED), "o_proj", in_axes=(-2, -1),
+    y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),
               use_bias=bias)(out)
     return y, new_cache

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any
 
@@ -356,7 +355,3 @@ PRESETS = {
     "tiny": tiny,
 }
 
-
-def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-  """YaRN attention-temperature factor (DeepSeek-V2 report, App. on long context)."""
-  return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0

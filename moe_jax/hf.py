@@ -5,7 +5,11 @@
 original code, and `save_pretrained` writes a directory transformers loads.
 
 The name map is one function, `_tensor_map`: for every Hugging Face tensor it
-gives the variable path in our tree and how the two layouts relate. HF `Linear`
+gives the variable path in our tree and how the two layouts relate. Beside
+the two directory functions, a small tensor-level API serves code that reads
+or writes some tensors only (ESFT adapters): `state_dict` (our tree as HF
+tensors), `put_tensors` (HF tensors into a model), `SafetensorsDir` (lazy
+reading) and `routed_expert` / `is_shared_expert` (what an HF name holds). HF `Linear`
 weights are [out, in]; our kernels are [in..., out...] with heads split out, so a
 weight converts as `W.T.reshape(kernel_shape)`. Routed experts are stacked
 [E, D, F] here and read from either the per-expert names
@@ -22,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +34,10 @@ import ml_dtypes
 import numpy as np
 
 from moe_jax.config import ConfigError, ModelConfig
-from moe_jax.model import Model, Transformer
+from moe_jax.model import Model, Transformer, experts_path, layer_name
 
 log = logging.getLogger(__name__)
+_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
 class CheckpointError(ValueError):
@@ -64,8 +69,9 @@ def _read_header(path: str) -> tuple[dict, int]:
   return header, 8 + n
 
 
-class _Checkpoint:
-  """Lazy, memory-mapped access to the tensors of one or more safetensors files."""
+class SafetensorsDir:
+  """Lazy, memory-mapped access to the tensors of a directory's safetensors files (one, sharded
+  with an index, or any `*.safetensors`): `keys()`, `name in d`, `d.get(name)` (numpy)."""
 
   def __init__(self, directory: str):
     index = os.path.join(directory, "model.safetensors.index.json")
@@ -132,7 +138,23 @@ def _norm(hf: str, path: tuple) -> _Entry:
 
 
 def _mlp(hf: str, path: tuple) -> list[_Entry]:
-  return [e for p in ("gate_proj", "up_proj", "down_proj") for e in _linear(f"{hf}.{p}", path + (p,))]
+  return [e for p in _PROJ for e in _linear(f"{hf}.{p}", path + (p,))]
+
+
+_ROUTED = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"  # per-expert HF names
+_ROUTED_RE = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_SHARED_RE = re.compile(r"model\.layers\.\d+\.mlp\.shared_experts\.")
+
+
+def routed_expert(name: str) -> tuple[int, int, str] | None:
+  """(layer, expert, projection) of a per-expert routed-expert tensor name, else None."""
+  m = _ROUTED_RE.match(name)
+  return None if m is None else (int(m.group(1)), int(m.group(2)), m.group(3))
+
+
+def is_shared_expert(name: str) -> bool:
+  """Whether a Hugging Face tensor name belongs to a layer's shared experts."""
+  return _SHARED_RE.match(name) is not None
 
 
 def _tensor_map(c: ModelConfig) -> list[_Entry]:
@@ -143,7 +165,7 @@ def _tensor_map(c: ModelConfig) -> list[_Entry]:
     entries += _linear("lm_head", ("lm_head",))
   bias = c.attention_bias
   for i in range(c.num_hidden_layers):
-    hf, ours = f"model.layers.{i}", (f"layers_{i}",)
+    hf, ours = f"model.layers.{i}", (layer_name(i),)
     entries += [_norm(f"{hf}.input_layernorm", ours + ("input_layernorm",)),
                 _norm(f"{hf}.post_attention_layernorm", ours + ("post_attention_layernorm",))]
     a, at = f"{hf}.self_attn", ours + ("self_attn",)
@@ -201,7 +223,7 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 # Reading ---------------------------------------------------------------------------
 
-def _read_experts(ckpt: _Checkpoint, c: ModelConfig, i: int, used: set[str]) -> dict:
+def _read_experts(ckpt: SafetensorsDir, c: ModelConfig, i: int, used: set[str]) -> dict:
   """Stacked {gate_proj, up_proj: [E, D, F], down_proj: [E, F, D]} for MoE layer i."""
   pre = f"model.layers.{i}.mlp.experts"
   e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
@@ -213,10 +235,10 @@ def _read_experts(ckpt: _Checkpoint, c: ModelConfig, i: int, used: set[str]) -> 
     return {"gate_proj": np.swapaxes(gu[:, :f], 1, 2), "up_proj": np.swapaxes(gu[:, f:], 1, 2),
             "down_proj": np.swapaxes(down, 1, 2)}
   out = {}
-  for proj, hf_shape in (("gate_proj", (f, d)), ("up_proj", (f, d)), ("down_proj", (d, f))):
+  for proj, hf_shape in zip(_PROJ, ((f, d), (f, d), (d, f))):
     stack = []
     for j in range(e):
-      name = f"{pre}.{j}.{proj}.weight"
+      name = _ROUTED.format(layer=i, expert=j, proj=proj)
       w = _require(ckpt, name)
       _check_shape(name, w.shape, hf_shape)
       stack.append(w.T)
@@ -225,7 +247,7 @@ def _read_experts(ckpt: _Checkpoint, c: ModelConfig, i: int, used: set[str]) -> 
   return out
 
 
-def _require(ckpt: _Checkpoint, name: str) -> np.ndarray:
+def _require(ckpt: SafetensorsDir, name: str) -> np.ndarray:
   if name not in ckpt:
     raise CheckpointError(f"missing tensor {name!r} (the config expects it)")
   return ckpt.get(name)
@@ -258,7 +280,7 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None
                   **config_overrides)
   except TypeError as e:
     raise ConfigError(f"from_pretrained: {e}") from e
-  ckpt = _Checkpoint(path)
+  ckpt = SafetensorsDir(path)
   scales = sorted(k for k in ckpt.keys() if k.endswith("_scale_inv"))
   if scales:
     raise CheckpointError(f"{path}: FP8 checkpoint (e.g. {scales[0]!r}); dequantize it to bf16 first")
@@ -273,7 +295,7 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None
     _set(variables, entry.path, _device(_to_ours(np.asarray(w), target.shape, entry.n_in), target.dtype))
     used.add(entry.hf)
   for i in c.moe_layers:
-    path_i = ("params", f"layers_{i}", "mlp", "experts")
+    path_i = ("params",) + experts_path(i)
     for name, w in _read_experts(ckpt, c, i, used).items():
       _set(variables, path_i + (name,), _device(w, _unbox(_get(shapes, path_i + (name,))).dtype))
   _check_leftovers(ckpt.keys() - used, c, path)
@@ -310,11 +332,39 @@ def state_dict(model: Model) -> Iterator[tuple[str, np.ndarray]]:
   for entry in _tensor_map(c):
     yield entry.hf, _to_hf(np.asarray(_get(v, entry.path)), entry.n_in)
   for i in c.moe_layers:
-    experts = v["params"][f"layers_{i}"]["mlp"]["experts"]
-    for proj in ("gate_proj", "up_proj", "down_proj"):
+    experts = _get(v["params"], experts_path(i))
+    for proj in _PROJ:
       stack = np.asarray(experts[proj])
       for j in range(c.n_routed_experts):
-        yield f"model.layers.{i}.mlp.experts.{j}.{proj}.weight", stack[j].T
+        yield _ROUTED.format(layer=i, expert=j, proj=proj), stack[j].T
+
+
+def put_tensors(model: Model, tensors: Iterable[tuple[str, np.ndarray]], source: str = "") -> Model:
+  """A copy of `model` with Hugging Face tensors (name, array) in place, each checked.
+
+  Names are those `state_dict` yields (experts per expert). A name the model
+  does not have, or a misshapen tensor, is a CheckpointError naming it (and `source`).
+  """
+  where = f"{source}: " if source else ""
+  entries = {e.hf: e for e in _tensor_map(model.config)}
+  variables = jax.tree_util.tree_map(np.array, model.variables)  # a writable copy
+  for name, w in tensors:
+    expert = routed_expert(name)
+    if expert is not None and expert[0] in model.config.moe_layers:
+      layer, j, proj = expert
+      target = _get(variables["params"], experts_path(layer))[proj]
+      if not 0 <= j < target.shape[0]:
+        raise CheckpointError(f"{where}tensor {name!r}: the model has {target.shape[0]} routed experts")
+      _check_shape(name, w.shape, target.shape[:0:-1])
+      target[j] = np.asarray(w).T
+    elif name in entries:
+      e = entries[name]
+      leaf = _get(variables, e.path)
+      _check_shape(name, w.shape, _to_hf(leaf, e.n_in).shape)
+      _set(variables, e.path, _to_ours(np.asarray(w), leaf.shape, e.n_in).astype(leaf.dtype))
+    else:
+      raise CheckpointError(f"{where}tensor {name!r} is not part of this model")
+  return Model(model.config, jax.tree_util.tree_map(jnp.asarray, variables))
 
 
 def save_pretrained(model: Model, path: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_jax import sharding as sh
+from moe_jax import axes as ax
 from moe_jax.config import ModelConfig
 
 
@@ -44,7 +44,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):  # x: [..., D]
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (sh.NORM,)),
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (ax.NORM,)),
                        (x.shape[-1],), jnp.dtype(self.param_dtype))
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -66,9 +66,9 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x):  # x: [..., D] -> [..., D]
     c = self.config
-    gate = dense(c, self.hidden, (sh.EMBED, sh.MLP), "gate_proj")(x)
-    up = dense(c, self.hidden, (sh.EMBED, sh.MLP), "up_proj")(x)
-    return dense(c, c.hidden_size, (sh.MLP, sh.EMBED), "down_proj")(nn.silu(gate) * up)
+    gate = dense(c, self.hidden, (ax.EMBED, ax.MLP), "gate_proj")(x)
+    up = dense(c, self.hidden, (ax.EMBED, ax.MLP), "up_proj")(x)
+    return dense(c, c.hidden_size, (ax.MLP, ax.EMBED), "down_proj")(nn.silu(gate) * up)
 
 
 # Rotary position embeddings --------------------------------------------------

@@ -8,7 +8,11 @@ layers and a DeepSeekMoE block after), a final norm and the output head.
 bias under {"buffers"}) and is what `from_pretrained`, `save_pretrained` and
 `generate` take: `model(input_ids)` returns logits.
 
-Dimension letters: B batch, T sequence, D width, V vocabulary, E experts.
+Dimension letters, used in every module's shapes and comments:
+  B batch, T sequence (queries), S keys (the cache's length), D model width,
+  V vocabulary, N attention heads, H head width, R latent rank (MLA),
+  E routed experts, K experts per token, F an expert's hidden width.
+moe.py adds G, A, C and M for the inside of a dispatch (see its docstring).
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import dataclasses
 import functools
 from typing import Any
 
+import chex
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax import sharding as sh
+from moe_jax import axes as ax
 from moe_jax.attention import Attention, init_layer_cache
 from moe_jax.config import ModelConfig
 from moe_jax.layers import SwiGLU, dense, rms_norm
@@ -80,6 +85,9 @@ class Transformer(nn.Module):
     cache: from `init_cache`; the T tokens are written at cache["index"].
     """
     c = self.config
+    chex.assert_rank(input_ids, 2)
+    chex.assert_type(input_ids, int)
+    chex.assert_equal_shape([input_ids] + [a for a in (positions, segment_ids) if a is not None])
     b, t = input_ids.shape
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
@@ -89,7 +97,7 @@ class Transformer(nn.Module):
     embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=jnp.dtype(c.dtype),
                      param_dtype=jnp.dtype(c.param_dtype), name="embed_tokens",
                      embedding_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(c.initializer_range), (sh.VOCAB, sh.EMBED)))
+                         nn.initializers.normal(c.initializer_range), (ax.VOCAB, ax.EMBED)))
     x = embed(input_ids)  # [B, T, D]
     if cache is None:
       k_segments = segment_ids
@@ -103,7 +111,7 @@ class Transformer(nn.Module):
     for i in range(c.num_hidden_layers):
       layer_cache = None if cache is None else cache["layers"][i]
       selected = None if split is None else tuple(split.get(i, ()))
-      x, aux, new_cache = layer_cls(c, c.is_moe_layer(i), selected, name=f"layers_{i}")(
+      x, aux, new_cache = layer_cls(c, c.is_moe_layer(i), selected, name=layer_name(i))(
           x, positions, segment_ids, k_segments, layer_cache, start)
       new_layers.append(new_cache)
       if aux is not None:
@@ -112,10 +120,11 @@ class Transformer(nn.Module):
     if c.tie_word_embeddings:
       logits = embed.attend(x)
     else:
-      logits = dense(c, c.vocab_size, (sh.EMBED, sh.VOCAB), "lm_head")(x)
+      logits = dense(c, c.vocab_size, (ax.EMBED, ax.VOCAB), "lm_head")(x)
     new_cache = None
     if cache is not None:
       new_cache = {"index": start + t, "segment_ids": k_segments, "layers": tuple(new_layers)}
+    chex.assert_shape(logits, (b, t, c.vocab_size))
     return Output(logits=logits, aux=_sum_aux(auxes, c), cache=new_cache,
                   hidden=x if return_hidden else None)
 
@@ -129,6 +138,16 @@ def _sum_aux(auxes: list[MoEAux], c: ModelConfig) -> MoEAux:
                 device_balance_loss=sum(a.device_balance_loss for a in auxes),
                 expert_counts=jnp.stack([a.expert_counts for a in auxes]),
                 dropped=sum(a.dropped for a in auxes))
+
+
+def layer_name(i: int) -> str:
+  """The module name of decoder layer i: its variables live under `variables[...][layer_name(i)]`."""
+  return f"layers_{i}"
+
+
+def experts_path(i: int) -> tuple[str, str, str]:
+  """Where MoE layer i's routed experts live in the parameter tree: the keys from params down."""
+  return (layer_name(i), "mlp", "experts")
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int) -> dict:

@@ -23,7 +23,13 @@ Dispatch runs the routed experts behind one interface, selected by
                  gates: the reference the others are tested against.
 
 All but "dense" move tokens in and out of their expert buffers with gathers
-only, forward and backward (`_rows_in`, `_rows_out`).
+only, forward and backward (`_rows_in`, `_rows_out`); `expert_ffn` is the one
+table of dispatches.
+
+Dimension letters are model.py's (B, T, D, E, K, F, ...), plus, inside the
+dispatches: G the tokens routed together (a flattened batch B * T, or one
+sequence under "sorted"), A = G * K their (token, expert) assignments, C an
+expert's capacity, M the rows of an expert buffer.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax import grouped_matmul
-from moe_jax import sharding as sh
+from moe_jax import axes as ax
 from moe_jax.config import ModelConfig
 from moe_jax.layers import SwiGLU, dense, dense_init
 
@@ -102,9 +108,9 @@ def balance_losses(scores, topk_idx, token_mask, config: ModelConfig):
   """Expert- and device-level balance losses (DeepSeekMoE Eq. 12-15, V2 Eq. 23-27).
 
   Args:
-    scores: [B, S, E] router affinities.
-    topk_idx: [B, S, K] the chosen experts.
-    token_mask: [B, S] bool, False for padding (which neither loads experts nor
+    scores: [B, T, E] router affinities.
+    topk_idx: [B, T, K] the chosen experts.
+    token_mask: [B, T] bool, False for padding (which neither loads experts nor
       counts in means).
   Returns:
     (expert_loss, device_loss), each already multiplied by its alpha.
@@ -116,8 +122,8 @@ def balance_losses(scores, topk_idx, token_mask, config: ModelConfig):
   e, k = c.n_routed_experts, c.num_experts_per_tok
   if c.scoring_func == "sigmoid":
     scores = scores / (scores.sum(-1, keepdims=True) + 1e-20)
-  m = token_mask.astype(jnp.float32)  # [B, S]
-  load = jnp.sum(jax.nn.one_hot(topk_idx, e, dtype=jnp.float32), axis=-2) * m[..., None]  # [B, S, E]
+  m = token_mask.astype(jnp.float32)  # [B, T]
+  load = jnp.sum(jax.nn.one_hot(topk_idx, e, dtype=jnp.float32), axis=-2) * m[..., None]  # [B, T, E]
   p = scores * m[..., None]
   if c.seq_aux:
     n = jnp.maximum(m.sum(-1), 1.0)[:, None]  # [B, 1] real tokens per sequence
@@ -178,15 +184,15 @@ def _sort_by_expert(topk_idx, n_experts):
 
 # Rows in, rows out ------------------------------------------------------------
 # Every dropless or capacity dispatch lays the (token, expert) assignments out as
-# rows of a buffer [R, D], described by two index maps: row_of [T, K], the buffer
-# row of assignment (t, j) (R or more: dropped), and assignment_of [R], the flat
-# assignment t * K + j a row holds (T * K: an empty row). The maps are one-to-one,
-# so both moves and both of their transposes are gathers: "row r takes token t"
-# transposes to "token t sums its K rows". No scatter-add runs forward or
+# rows of a buffer [M, D], described by two index maps: row_of [G, K], the buffer
+# row of assignment (g, j) (M or more: dropped), and assignment_of [M], the flat
+# assignment g * K + j a row holds (G * K: an empty row). The maps are one-to-one,
+# so both moves and both of their transposes are gathers: "row r takes token g"
+# transposes to "token g sums its K rows". No scatter-add runs forward or
 # backward (XLA runs scatters serially on CPU and with atomics on GPU).
 
 def _layout_maps(order, row, n_rows: int, topk_shape):
-  """(row_of [T, K], assignment_of [n_rows]) from the row of each sorted assignment.
+  """(row_of [G, K], assignment_of [n_rows]) from the row of each sorted assignment.
 
   order [A]: flat assignment at each sorted position; row [A]: its buffer row
   (n_rows or more: dropped).
@@ -200,7 +206,7 @@ def _layout_maps(order, row, n_rows: int, topk_shape):
 
 @jax.custom_vjp
 def _rows_in(x, row_of, assignment_of):
-  """x [T, D] -> buffer [R, D]: each row its assignment's token (zeros in empty rows)."""
+  """x [G, D] -> buffer [M, D]: each row its assignment's token (zeros in empty rows)."""
   return jnp.take(x, assignment_of // row_of.shape[1], axis=0, mode="fill", fill_value=0)
 
 
@@ -209,8 +215,8 @@ def _rows_in_fwd(x, row_of, assignment_of):
 
 
 def _rows_in_bwd(row_of, g):
-  # g: [R, D] -> each token sums the cotangents of its K rows
-  picked = jnp.take(g, row_of, axis=0, mode="fill", fill_value=0)  # [T, K, D]; dropped: 0
+  # g: [M, D] -> each token sums the cotangents of its K rows
+  picked = jnp.take(g, row_of, axis=0, mode="fill", fill_value=0)  # [G, K, D]; dropped: 0
   return jnp.sum(picked.astype(jnp.float32), 1).astype(g.dtype), None, None
 
 
@@ -219,8 +225,8 @@ _rows_in.defvjp(_rows_in_fwd, _rows_in_bwd)
 
 @jax.custom_vjp
 def _rows_out(y, weights, row_of, assignment_of):
-  """Each token's gate-weighted sum of its K rows: y [R, D], weights [T, K] -> [T, D] float32."""
-  picked = jnp.take(y, row_of, axis=0, mode="fill", fill_value=0)  # [T, K, D]; dropped: 0
+  """Each token's gate-weighted sum of its K rows: y [M, D], weights [G, K] -> [G, D] float32."""
+  picked = jnp.take(y, row_of, axis=0, mode="fill", fill_value=0)  # [G, K, D]; dropped: 0
   return jnp.einsum("tkd,tk->td", picked.astype(jnp.float32), weights.astype(jnp.float32))
 
 
@@ -229,10 +235,10 @@ def _rows_out_fwd(y, weights, row_of, assignment_of):
 
 
 def _rows_out_bwd(res, g):
-  y, weights, row_of, assignment_of = res  # g: [T, D] float32
+  y, weights, row_of, assignment_of = res  # g: [G, D] float32
   k = row_of.shape[1]
-  w_ext = jnp.append(weights.reshape(-1).astype(jnp.float32), 0.0)  # index T * K: empty row
-  g_rows = jnp.take(g, assignment_of // k, axis=0, mode="fill", fill_value=0)  # [R, D]
+  w_ext = jnp.append(weights.reshape(-1).astype(jnp.float32), 0.0)  # index G * K: empty row
+  g_rows = jnp.take(g, assignment_of // k, axis=0, mode="fill", fill_value=0)  # [M, D]
   dy = (g_rows * w_ext[assignment_of][:, None]).astype(y.dtype)
   picked = jnp.take(y, row_of, axis=0, mode="fill", fill_value=0).astype(jnp.float32)
   dweights = jnp.einsum("tkd,td->tk", picked, g).astype(weights.dtype)
@@ -253,25 +259,25 @@ def _groups(w) -> tuple:
 
 
 def sorted_experts(x, topk_idx, topk_weights, wg, wu, wd, capacity_per_expert, valid=None):
-  """Capacity-buffer dispatch for one group. x: [T, D], topk_*: [T, K].
+  """Capacity-buffer dispatch for one group. x: [G, D], topk_*: [G, K].
 
   wg, wu [E, D, F], wd [E, F, D]; or, each, a tuple of stacks of consecutive
   experts (ESFT's trained and frozen ones): each stack runs its own matmuls, so
   one that is not differentiated gets no weight gradient computed.
-  valid: [T] bool; padding tokens (False) take no expert slot and are not
-  counted as dropped. Returns (y [T, D], dropped assignments of valid tokens).
+  valid: [G] bool; padding tokens (False) take no expert slot and are not
+  counted as dropped. Returns (y [G, D], dropped assignments of valid tokens).
   """
-  t, k = topk_idx.shape
+  n, k = topk_idx.shape
   groups = tuple(zip(_groups(wg), _groups(wu), _groups(wd)))
   e, cap = sum(g[0].shape[0] for g in groups), capacity_per_expert
   if valid is not None:  # padding goes to a sentinel expert E that sorts last and is always dropped
     topk_idx = jnp.where(valid[:, None], topk_idx, e)
   order, sorted_e, counts = _sort_by_expert(topk_idx, e + 1)
   starts = jnp.cumsum(counts) - counts
-  pos = jnp.arange(t * k) - starts[sorted_e]  # rank of each assignment within its expert
+  pos = jnp.arange(n * k) - starts[sorted_e]  # rank of each assignment within its expert
   kept = (pos < cap) & (sorted_e < e)
   slot = jnp.where(kept, sorted_e * cap + pos, e * cap)  # e * cap: out of range = dropped
-  row_of, assignment_of = _layout_maps(order, slot, e * cap, (t, k))
+  row_of, assignment_of = _layout_maps(order, slot, e * cap, (n, k))
   buf = _rows_in(x, row_of, assignment_of).reshape(e, cap, -1)
   bounds = np.cumsum([0] + [g[0].shape[0] for g in groups])
   out = jnp.concatenate([_swiglu_stacked(buf[lo:hi], *g) for g, lo, hi in
@@ -293,8 +299,8 @@ def block_size(assignments: int, n_experts: int) -> int:
 def _block_layout(topk_idx, n_experts: int, block: int):
   """Sorted assignments laid out in row blocks that each belong to one expert.
 
-  Returns (row_of [T, K], assignment_of [R], block_expert [n_blocks],
-  block_starts [E + 1]) for R = n_blocks * block buffer rows: expert e owns row
+  Returns (row_of [G, K], assignment_of [M], block_expert [n_blocks],
+  block_starts [E + 1]) for M = n_blocks * block buffer rows: expert e owns row
   blocks block_starts[e]:block_starts[e + 1] (later blocks are padding).
   """
   a = topk_idx.size
@@ -312,12 +318,12 @@ def _block_layout(topk_idx, n_experts: int, block: int):
 
 
 def grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int | None = None):
-  """Dropless block-grouped matmuls. x: [T, D], topk_*: [T, K].
+  """Dropless block-grouped matmuls. x: [G, D], topk_*: [G, K].
 
   The assignments are sorted by expert once; each expert's rows are padded to a
   multiple of a block, so every block belongs to one expert, and the three
   matmuls run batched over blocks with each block's expert weights. Work grows
-  with tokens * K plus at most one padded block per expert, not with tokens * E
+  with G * K plus at most one padded block per expert, not with G * E
   as a dropless capacity buffer does. Each block reads its own copy of its
   expert's weights ([blocks, D, F] gathered), which suits CPUs and small models;
   a larger `block` (default `block_size`) trades padding for fewer copies.
@@ -352,7 +358,7 @@ def pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block: int = 64,
 
 
 def ragged_experts(x, topk_idx, topk_weights, wg, wu, wd):
-  """Grouped-matmul dispatch with `jax.lax.ragged_dot`; dropless. x: [T, D], topk_*: [T, K]."""
+  """Grouped-matmul dispatch with `jax.lax.ragged_dot`; dropless. x: [G, D], topk_*: [G, K]."""
   order, _, counts = _sort_by_expert(topk_idx, wg.shape[0])
   row_of, assignment_of = _layout_maps(order, jnp.arange(order.shape[0]), order.shape[0], topk_idx.shape)
   xs = _rows_in(x, row_of, assignment_of)  # [A, D], grouped by expert
@@ -361,19 +367,43 @@ def ragged_experts(x, topk_idx, topk_weights, wg, wu, wd):
 
 
 def dense_experts(x, topk_idx, topk_weights, wg, wu, wd):
-  """Every expert on every token (E/K times the work): the reference. x: [T, D]."""
+  """Every expert on every token (E/K times the work): the reference. x: [G, D]."""
   e = wg.shape[0]
-  gates = jnp.sum(jax.nn.one_hot(topk_idx, e, dtype=jnp.float32) * topk_weights[..., None], -2)  # [T, E]
+  gates = jnp.sum(jax.nn.one_hot(topk_idx, e, dtype=jnp.float32) * topk_weights[..., None], -2)  # [G, E]
   h = jax.nn.silu(jnp.einsum("td,edf->tef", x, wg)) * jnp.einsum("td,edf->tef", x, wu)
   y = jnp.einsum("tef,efd->ted", h, wd).astype(jnp.float32)
   return jnp.einsum("ted,te->td", y, gates).astype(x.dtype)
+
+
+def expert_ffn(dispatch: str, x, topk_idx, topk_weights, wg, wu, wd,
+               capacity_per_expert: int | None = None, block: int | None = None, valid=None):
+  """One routing group's routed experts through `dispatch` (any but "auto"): the one table of
+  dispatches, which the model and the benchmarks both call.
+
+  x: [G, D]; topk_*: [G, K]; wg, wu [E, D, F], wd [E, F, D] (tuples of stacks for "sorted" and
+  "pallas", see `sorted_experts`). `capacity_per_expert` (default G, dropless) and `valid` apply
+  to "sorted", `block` to "grouped" and "pallas". Returns (y [G, D], dropped assignments).
+  """
+  none = jnp.zeros((), jnp.int32)
+  if dispatch == "sorted":
+    return sorted_experts(x, topk_idx, topk_weights, wg, wu, wd,
+                          capacity_per_expert or x.shape[0], valid)
+  if dispatch == "grouped":
+    return grouped_experts(x, topk_idx, topk_weights, wg, wu, wd, block=block), none
+  if dispatch == "pallas":
+    return pallas_experts(x, topk_idx, topk_weights, wg, wu, wd, block=block or 64), none
+  if dispatch == "ragged_dot":
+    return ragged_experts(x, topk_idx, topk_weights, wg, wu, wd), none
+  if dispatch == "dense":
+    return dense_experts(x, topk_idx, topk_weights, wg, wu, wd), none
+  raise ValueError(f"dispatch {dispatch!r} is not one of sorted, grouped, pallas, ragged_dot, dense")
 
 
 def split_stacks(selected, n_experts: int) -> tuple[list[int], list[int]]:
   """ESFT's two expert stacks: (the selected ids as listed, the rest ascending).
 
   `RoutedExperts` reads its `selected` and `rest` stacks in this order, and
-  `moe_jax.esft.split` / `merge` write and undo it.
+  `moe_jax.trainable.split` / `merge` write and undo it.
   """
   chosen = set(selected)
   return list(selected), [e for e in range(n_experts) if e not in chosen]
@@ -382,9 +412,9 @@ def split_stacks(selected, n_experts: int) -> tuple[list[int], list[int]]:
 def _expert_params(module: nn.Module, c: ModelConfig, n: int):
   """`module`'s stack of n SwiGLU experts, in the compute dtype: gate, up [n, D, F], down [n, F, D]."""
   d, f, pdt = c.hidden_size, c.moe_intermediate_size, jnp.dtype(c.param_dtype)
-  wg = module.param("gate_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (n, d, f), pdt)
-  wu = module.param("up_proj", dense_init(c, (sh.EXP, sh.EMBED, sh.MLP)), (n, d, f), pdt)
-  wd = module.param("down_proj", dense_init(c, (sh.EXP, sh.MLP, sh.EMBED)), (n, f, d), pdt)
+  wg = module.param("gate_proj", dense_init(c, (ax.EXP, ax.EMBED, ax.MLP)), (n, d, f), pdt)
+  wu = module.param("up_proj", dense_init(c, (ax.EXP, ax.EMBED, ax.MLP)), (n, d, f), pdt)
+  wd = module.param("down_proj", dense_init(c, (ax.EXP, ax.MLP, ax.EMBED)), (n, f, d), pdt)
   return tuple(w.astype(c.dtype) for w in (wg, wu, wd))
 
 
@@ -402,7 +432,7 @@ class _ExpertStack(nn.Module):
 class RoutedExperts(nn.Module):
   """The E routed SwiGLU experts, stored stacked: gate/up [E, D, F], down [E, F, D].
 
-  With `selected` (ESFT, see `moe_jax.esft.partition`) the listed experts are
+  With `selected` (ESFT, see `moe_jax.trainable`) the listed experts are
   stored as their own stack `selected` and the others as `rest`, and experts
   are renumbered by their row in the two stacks. `sorted` and `pallas` run each
   stack's weight gradient apart, so a step that differentiates only `selected`
@@ -415,7 +445,7 @@ class RoutedExperts(nn.Module):
 
   @nn.compact
   def __call__(self, x, topk_idx, topk_weights, token_mask):
-    """x: [B, S, D], topk_*: [B, S, K], token_mask: [B, S] -> (y [B, S, D], dropped)."""
+    """x: [B, T, D], topk_*: [B, T, K], token_mask: [B, T] -> (y [B, T, D], dropped)."""
     c = self.config
     e = c.n_routed_experts
     if self.selected is None:
@@ -426,7 +456,7 @@ class RoutedExperts(nn.Module):
                 (("selected", sel), ("rest", rest)) if ids]
       # Experts are numbered by their row in the stacks' concatenation from here on.
       topk_idx = jnp.asarray(np.argsort(sel + rest), jnp.int32)[topk_idx]
-    b, s, _ = x.shape
+    b, t, _ = x.shape
     dispatch = dispatch_for(c)
     if dispatch in ("sorted", "pallas"):  # these take the stacks as they are: see sorted_experts
       wg, wu, wd = zip(*stacks)
@@ -436,14 +466,12 @@ class RoutedExperts(nn.Module):
       # One routing group per sequence keeps the batch axis free for data parallelism.
       # Under a capacity limit padding must not take real tokens' slots; dropless, it is harmless.
       valid = token_mask if c.capacity_factor > 0 else jnp.ones_like(token_mask)
-      fn = lambda xb, ib, wb, mb: sorted_experts(xb, ib, wb, wg, wu, wd, capacity(s, c), mb)
+      fn = lambda xb, ib, wb, mb: expert_ffn("sorted", xb, ib, wb, wg, wu, wd, capacity(t, c), valid=mb)
       y, dropped = jax.vmap(fn)(x, topk_idx, topk_weights, valid)
       return y, dropped.sum()
-    flat = lambda a: a.reshape((b * s,) + a.shape[2:])
-    fn = {"grouped": grouped_experts, "pallas": pallas_experts, "ragged_dot": ragged_experts,
-          "dense": dense_experts}[dispatch]
-    y = fn(flat(x), flat(topk_idx), flat(topk_weights), wg, wu, wd)
-    return y.reshape(x.shape), jnp.zeros((), jnp.int32)
+    flat = lambda a: a.reshape((b * t,) + a.shape[2:])
+    y, dropped = expert_ffn(dispatch, flat(x), flat(topk_idx), flat(topk_weights), wg, wu, wd)
+    return y.reshape(x.shape), dropped
 
 
 class MoE(nn.Module):
@@ -454,12 +482,12 @@ class MoE(nn.Module):
 
   @nn.compact
   def __call__(self, x, token_mask):
-    """x: [B, S, D], token_mask: [B, S] bool (False = padding) -> (y [B, S, D], MoEAux)."""
+    """x: [B, T, D], token_mask: [B, T] bool (False = padding) -> (y [B, T, D], MoEAux)."""
     c = self.config
     # The router runs in float32 (as DeepSeek's does), whatever the activation dtype.
-    gate = dense(c, c.n_routed_experts, (sh.EMBED, sh.EXP), "gate", dtype=jnp.float32,
+    gate = dense(c, c.n_routed_experts, (ax.EMBED, ax.EXP), "gate", dtype=jnp.float32,
                  param_dtype=jnp.float32)
-    logits = gate(x.astype(jnp.float32))  # [B, S, E]
+    logits = gate(x.astype(jnp.float32))  # [B, T, E]
     bias = None
     if c.topk_method == "noaux_tc":
       # A buffer, not a parameter: the optimizer never sees it (V3 updates it by load).

@@ -1,4 +1,4 @@
-"""Logical axis names, the device mesh, and shardings derived from them.
+"""The device mesh, and shardings derived from the logical axis names (`moe_jax.axes`).
 
 Model code names dimensions by role (`embed`, `mlp`, `exp`, ...), never by mesh
 axis. `DEFAULT_RULES` maps the roles onto a mesh with axes
@@ -17,21 +17,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# Weight axes.
-VOCAB = "vocab"  # vocabulary rows of the embedding and output head
-EMBED = "embed"  # the model width D
-MLP = "mlp"  # hidden width F of a dense or expert SwiGLU
-HEADS = "heads"  # attention heads N
-KV = "kv"  # per-head width H
-EXP = "exp"  # routed experts E
-Q_LORA = "q_lora"  # MLA query compression rank
-KV_LORA = "kv_lora"  # MLA key/value compression rank (+ the shared rope key)
-NORM = "norm"  # RMSNorm scales
-# Activation axes.
-BATCH = "batch"
-LENGTH = "length"
-
-AXES = (VOCAB, EMBED, MLP, HEADS, KV, EXP, Q_LORA, KV_LORA, NORM, BATCH, LENGTH)
+from moe_jax.axes import BATCH, EMBED, EXP, HEADS, KV, KV_LORA, LENGTH, MLP, NORM, Q_LORA, VOCAB
 
 # Mesh axes, outermost first.
 MESH_AXES = ("data", "fsdp", "expert", "tensor")

@@ -1,29 +1,29 @@
 """The pure training steps: state, optimizer, LM loss, `train_step` and `eval_step`.
 
-One step function serves full fine-tuning and ESFT. The parameter tree is the
-ESFT split tree (`moe_jax.esft.partition`; for FFT it is the plain tree), every
-leaf labelled "train" or "frozen". The step differentiates only the trained
+One step function serves every trainable set (`moe_jax.trainable`: FFT, ESFT,
+LoRA, task heads). The parameter tree is the spec's split tree (for FFT the
+plain tree), every leaf labelled "train" or "frozen". The step differentiates only the trained
 leaves, and `optax.multi_transform` gives the frozen ones `set_to_zero()`, so
 they get no updates, no weight decay and no optimizer state.
 
 Metrics are sums with their denominators (`loss_sum` / `tokens`). A step whose
 loss or gradients are not finite leaves the state as it was. This module needs
-only jax, flax and optax (no data pipeline), so benchmarks and other trainers
-(`moe_jax.prm.ppo`) can build the same step anywhere.
+only jax, flax and optax (no data pipeline), so benchmarks and every task's
+loop (through `moe_jax.train_lib.compile_step`) build the same step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from moe_jax import config as model_config
-from moe_jax import esft
-from moe_jax.esft import partition as esft_partition
+from moe_jax import trainable
 from moe_jax.model import Transformer
 
 
@@ -31,13 +31,13 @@ from moe_jax.model import Transformer
 class TrainState:
   """What a train step carries: step count, the (split) parameters, buffers and optimizer state."""
   step: jax.Array
-  params: Any  # the split parameter tree (see moe_jax.esft.partition)
+  params: Any  # the split parameter tree (see moe_jax.trainable)
   buffers: Any  # non-trained variables (V3 router bias); may be {}
   opt_state: Any
 
 
 def make_optimizer(cfg, num_steps: int,
-                   spec: esft.TrainableSpec) -> optax.GradientTransformation:
+                   spec: trainable.TrainableSpec) -> optax.GradientTransformation:
   """Clipping, then AdamW on trained leaves (decay on matrices only) and zero on frozen ones.
 
   cfg: the `optimizer` fields of a training config (learning_rate, schedule,
@@ -50,8 +50,9 @@ def make_optimizer(cfg, num_steps: int,
         [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
          optax.constant_schedule(cfg.learning_rate)], [warmup]) if warmup else cfg.learning_rate
   elif cfg.schedule == "cosine":
+    # optax needs at least one decay step after the (at least one) warmup step: a 1-step run too.
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, max(warmup, 1), max(num_steps, warmup + 1),
+        0.0, cfg.learning_rate, max(warmup, 1), max(num_steps, max(warmup, 1) + 1),
         end_value=cfg.learning_rate * cfg.final_lr_fraction)
   else:
     raise ValueError(f"config.optimizer.schedule: {cfg.schedule!r} is not 'constant' or 'cosine'")
@@ -60,8 +61,8 @@ def make_optimizer(cfg, num_steps: int,
                       mask=decay_mask)
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
-      optax.multi_transform({esft_partition.TRAIN: adamw, esft_partition.FROZEN: optax.set_to_zero()},
-                            lambda params: esft.labels(params, spec)))
+      optax.multi_transform({trainable.TRAIN: adamw, trainable.FROZEN: optax.set_to_zero()},
+                            lambda params: trainable.labels(params, spec)))
 
 
 def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):
@@ -71,6 +72,8 @@ def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):
   Returns (loss, (loss_sum, n_targets, MoEAux)).
   """
   tokens, seg = batch["tokens"], batch["segment_ids"]
+  chex.assert_rank(tokens, 2)
+  chex.assert_equal_shape([tokens, seg, batch["loss_mask"], batch["positions"]])
   out = Transformer(config).apply({"params": params, "buffers": buffers}, tokens[:, :-1],
                                   batch["positions"][:, :-1], seg[:, :-1])
   # A target counts if it is a training token of the same example as its input.
@@ -83,7 +86,7 @@ def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):
   return loss_sum / jnp.maximum(n, 1.0) + aux, (loss_sum, n, out.aux)
 
 
-def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
+def make_train_step(config: model_config.ModelConfig, spec: trainable.TrainableSpec,
                     tx: optax.GradientTransformation, loss_fn=lm_loss):
   """train_step(state, batch) -> (state, metrics) for this model, trainable set and optimizer.
 
@@ -93,19 +96,20 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
   """
 
   def train_step(state: TrainState, batch: dict):
-    label_tree = esft.labels(state.params, spec)
-    trained, frozen = esft_partition.partition(state.params, label_tree)
+    label_tree = trainable.labels(state.params, spec)
+    trained, frozen = trainable.partition(state.params, label_tree)
 
     def objective(trained):
-      params, fwd_config = esft.for_forward(esft_partition.combine(trained, frozen), spec, config)
+      params, fwd_config = trainable.for_forward(trainable.combine(trained, frozen), spec, config)
       return loss_fn(params, state.buffers, fwd_config, batch)
 
     (_, (loss_sum, n, aux, *extra)), grads = jax.value_and_grad(objective, has_aux=True)(trained)
+    chex.assert_shape([loss_sum, n], ())  # sums with their denominators, as the metrics report them
     zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # unused by set_to_zero; DCE'd
-    updates, opt_state = tx.update(esft_partition.combine(grads, zeros), state.opt_state,
+    updates, opt_state = tx.update(trainable.combine(grads, zeros), state.opt_state,
                                    state.params)
-    trained_updates, _ = esft_partition.partition(updates, label_tree)
-    params = esft_partition.combine(optax.apply_updates(trained, trained_updates), frozen)
+    trained_updates, _ = trainable.partition(updates, label_tree)
+    params = trainable.combine(optax.apply_updates(trained, trained_updates), frozen)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -119,10 +123,10 @@ def make_train_step(config: model_config.ModelConfig, spec: esft.TrainableSpec,
   return train_step
 
 
-def make_eval_step(config: model_config.ModelConfig, spec: esft.TrainableSpec, loss_fn=lm_loss):
+def make_eval_step(config: model_config.ModelConfig, spec: trainable.TrainableSpec, loss_fn=lm_loss):
   """eval_step(state, batch) -> {loss_sum, tokens}: the loss of the current parameters, no update."""
   def eval_step(state: TrainState, batch: dict) -> dict:
-    params, fwd_config = esft.for_forward(state.params, spec, config)
+    params, fwd_config = trainable.for_forward(state.params, spec, config)
     _, (loss_sum, n, *_) = loss_fn(params, state.buffers, fwd_config, batch)
     return {"loss_sum": loss_sum, "tokens": n}
   return eval_step

@@ -41,7 +41,7 @@ def test_configs_page_lists_every_config_file_and_field(site):
     assert f"configs/{os.path.basename(path)}" in page, path
   for field in ("num_train_steps", "ppo.kl_coef", "esft.top_p", "optimizer.learning_rate"):
     assert f"<code>{field}</code>" in page, field
-  # A comment carried over from moe_jax/train_config.py.
+  # A comment carried over from the builder a config calls (moe_jax/prm/configs.py).
   assert "the paper&#39;s per-token KL penalty" in page or "the paper's per-token KL penalty" in page
 
 

@@ -6,7 +6,7 @@ import sys
 
 import moe_jax
 from moe_jax import config as C
-from moe_jax.esft.selection import read_expert_config
+from moe_jax.trainable import read_expert_config
 
 
 def test_report_cli(tmp_path, repo_root):

@@ -27,12 +27,12 @@ from jaxpr_util import dot_shapes
 from safetensors.numpy import load_file, save_file
 
 from moe_jax import config as model_config
-from moe_jax import esft, hf, input_pipeline, train_config
-from moe_jax.esft import partition
-from moe_jax.esft.selection import ExpertConfigError, ScoreAccumulator, select_layer
+from moe_jax import esft, hf, input_pipeline, train_config, trainable
+from moe_jax.esft.selection import ScoreAccumulator, select_layer
 from moe_jax.model import Model, Transformer, init_variables
 from moe_jax.steps import TrainState, make_optimizer, make_train_step
 from moe_jax.tokenizer import ByteTokenizer
+from moe_jax.trainable import ExpertConfigError
 
 PROJ = ("gate_proj", "up_proj", "down_proj")
 
@@ -72,7 +72,7 @@ def leaves_with_paths(tree):
 
 
 def trained_paths(spec, params):
-  label_tree = leaves_with_paths(esft.labels(esft.split(params, spec, CONFIG), spec))
+  label_tree = leaves_with_paths(trainable.labels(trainable.split(params, spec, CONFIG), spec))
   assert set(label_tree.values()) <= {"train", "frozen"}
   return {p for p, l in label_tree.items() if l == "train"}, set(label_tree)
 
@@ -106,7 +106,7 @@ def optimizer_cfg():
 def run_training(spec, params0, batches, steps):
   """Like train_lib.train on one device, without checkpoints: (final state, losses, tx)."""
   tx = make_optimizer(optimizer_cfg(), steps, spec)
-  params = esft.split(params0, spec, CONFIG)
+  params = trainable.split(params0, spec, CONFIG)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, buffers={},
                                opt_state=tx.init(params))
   step = jax.jit(make_train_step(CONFIG, spec, tx))
@@ -121,7 +121,7 @@ def run_training(spec, params0, batches, steps):
 
 @pytest.fixture(scope="module")
 def esft_run(params0, batches):
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
   state, losses = run_training(spec, params0, batches, 3)
   return spec, state, losses
 
@@ -162,7 +162,7 @@ def test_official_intent_expert_config_reproduced(shared_data, repo_root, tmp_pa
   assert cfg == ref
   assert list(cfg["experts"]) == list(ref["experts"])  # the files' string key order
   assert sum(len(v) for v in cfg["experts"].values()) == 124  # spec C.1 table
-  esft.write_expert_config(cfg, tmp_path / "lib.json")
+  trainable.write_expert_config(cfg, tmp_path / "lib.json")
   assert (tmp_path / "lib.json").read_bytes() == shipped.read_bytes()
 
   out = tmp_path / "cli.json"
@@ -296,7 +296,7 @@ def write(tmp_path, name, text):
 
 def test_read_expert_config_accepts_a_valid_file(tmp_path):
   path = write(tmp_path, "ok.json", json.dumps({"experts": {"1": [7, 0], "3": []}}))
-  cfg = esft.read_expert_config(path, MOE_LAYERS, E)
+  cfg = trainable.read_expert_config(path, MOE_LAYERS, E)
   assert cfg == {"experts": {"1": [7, 0], "3": []}, "shared_experts": False,
                  "non_expert_modules": False}
 
@@ -320,41 +320,41 @@ def test_read_expert_config_accepts_a_valid_file(tmp_path):
 def test_read_expert_config_errors_name_file_and_field(tmp_path, body, pattern):
   path = write(tmp_path, "bad_cfg.json", json.dumps(body))
   with pytest.raises(ExpertConfigError, match=pattern) as e:
-    esft.read_expert_config(path, MOE_LAYERS, E)
+    trainable.read_expert_config(path, MOE_LAYERS, E)
   assert str(path) in str(e.value)
 
 
 def test_read_expert_config_malformed_json_and_missing_file(tmp_path):
   path = write(tmp_path, "broken.json", '{\n  "experts": {\n    "1": [1,]\n  }\n}\n')
   with pytest.raises(ExpertConfigError, match=r"broken\.json: malformed JSON at line 3"):
-    esft.read_expert_config(path, MOE_LAYERS, E)
+    trainable.read_expert_config(path, MOE_LAYERS, E)
   with pytest.raises(ExpertConfigError, match="no such file"):
-    esft.read_expert_config(tmp_path / "absent.json")
+    trainable.read_expert_config(tmp_path / "absent.json")
 
 
 def test_trainable_spec_from_expert_config():
-  spec = esft.TrainableSpec.from_expert_config({"experts": {"3": [6], "1": [5, 0, 3]}}, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config({"experts": {"3": [6], "1": [5, 0, 3]}}, CONFIG)
   assert spec.mode == "esft" and spec.selected == {1: (5, 0, 3), 3: (6,)}
   assert not spec.shared_experts and not spec.non_expert_modules
   assert spec.to_expert_config() == {"experts": {"1": [5, 0, 3], "3": [6]},
                                      "shared_experts": False, "non_expert_modules": False}
-  flags = esft.TrainableSpec.from_expert_config({**SPEC_CFG, "shared_experts": True}, CONFIG,
+  flags = trainable.TrainableSpec.from_expert_config({**SPEC_CFG, "shared_experts": True}, CONFIG,
                                                 non_expert_modules=True)
   assert flags.shared_experts and flags.non_expert_modules
-  assert not esft.TrainableSpec.from_expert_config(
+  assert not trainable.TrainableSpec.from_expert_config(
       {**SPEC_CFG, "shared_experts": True}, CONFIG, shared_experts=False).shared_experts
   for bad, pattern in (({"experts": {"0": [1]}}, "layer 0 is not a MoE layer"),
                        ({"experts": {"1": [E]}}, rf"expert ids \[{E}\] do not exist"),
                        ({"experts": {"1": [2, 2]}}, "repeated expert ids"),
                        ({"experts": {"1": [2]}, "shared_experts": "no"}, "'shared_experts'")):
     with pytest.raises(ExpertConfigError, match=pattern):
-      esft.TrainableSpec.from_expert_config(bad, CONFIG)
+      trainable.TrainableSpec.from_expert_config(bad, CONFIG)
   with pytest.raises(ValueError, match="train mode"):
-    esft.TrainableSpec("qlora")
+    trainable.TrainableSpec("qlora")
   with pytest.raises(ExpertConfigError, match="layer 9"):
-    partition.check_selection(esft.TrainableSpec("esft", ((9, (0,)),)), CONFIG)
+    trainable.check_selection(trainable.TrainableSpec("esft", ((9, (0,)),)), CONFIG)
   with pytest.raises(ExpertConfigError, match="outside"):
-    partition.check_selection(esft.TrainableSpec("esft", ((1, (8,)),)), CONFIG)
+    trainable.check_selection(trainable.TrainableSpec("esft", ((1, (8,)),)), CONFIG)
 
 
 # 4. The selected/rest split and its labels --------------------------------------
@@ -365,25 +365,25 @@ def test_hand_counted_total(params0):
 
 def _split_vs_stacked(params0, dispatch, trained_only):
   """The ESFT forward on the split tree, and the stacked model's, as losses of (trained, frozen)."""
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
-  split = esft.split(params0, spec, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  split = trainable.split(params0, spec, CONFIG)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, V, (2, 16)), jnp.int32)
   ct = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, V)), jnp.float32)
   cfg = CONFIG.replace(dispatch=dispatch)
 
   def split_loss(params):
-    params, fwd_cfg = esft.for_forward(params, spec, cfg)
+    params, fwd_cfg = trainable.for_forward(params, spec, cfg)
     assert fwd_cfg.expert_split == spec.experts
     return jnp.sum(Transformer(fwd_cfg).apply({"params": params}, tokens).logits * ct)
 
   def stacked_loss(params):
-    return jnp.sum(Transformer(cfg).apply({"params": esft.merge(params, spec, cfg)}, tokens).logits * ct)
+    return jnp.sum(Transformer(cfg).apply({"params": trainable.merge(params, spec, cfg)}, tokens).logits * ct)
 
   if not trained_only:
     return split, split_loss, stacked_loss
-  trained, frozen = partition.partition(split, esft.labels(split, spec))
-  return (trained, lambda t: split_loss(partition.combine(t, frozen)),
-          lambda t: stacked_loss(partition.combine(t, frozen)))
+  trained, frozen = trainable.partition(split, trainable.labels(split, spec))
+  return (trained, lambda t: split_loss(trainable.combine(t, frozen)),
+          lambda t: stacked_loss(trainable.combine(t, frozen)))
 
 
 @pytest.mark.parametrize("dispatch", ["sorted", "pallas", "grouped"])
@@ -420,10 +420,10 @@ def test_frozen_experts_get_no_weight_gradient(params0, batches):
   Differentiating the stacked [E, ...] tensors instead computes every expert's
   weight gradient and then discards the frozen rows.
   """
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
   cfg = CONFIG.replace(dispatch="sorted")
   tx = make_optimizer(optimizer_cfg(), 3, spec)
-  params = esft.split(params0, spec, cfg)
+  params = trainable.split(params0, spec, cfg)
   state = TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params))
   # layer 1 trains 3 experts and layer 3 one: gate, up and down weight gradients each
   assert _expert_weight_grads(make_train_step(cfg, spec, tx), state, batches[0]) == {3: 3, 1: 3}
@@ -432,8 +432,8 @@ def test_frozen_experts_get_no_weight_gradient(params0, batches):
 
 
 def test_split_merge_round_trip_is_bit_identical(params0):
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
-  split = esft.split(params0, spec, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  split = trainable.split(params0, spec, CONFIG)
   for layer, ids in ((1, [5, 0, 3]), (2, []), (3, [6])):
     experts = split[f"layers_{layer}"]["mlp"]["experts"]
     rest = [e for e in range(E) if e not in ids]
@@ -443,13 +443,13 @@ def test_split_merge_round_trip_is_bit_identical(params0):
       if ids:
         np.testing.assert_array_equal(experts["selected"][p], original[ids])  # in listed order
       np.testing.assert_array_equal(experts["rest"][p], original[rest])
-  merged = leaves_with_paths(jax.device_get(esft.merge(split, spec, CONFIG)))
+  merged = leaves_with_paths(jax.device_get(trainable.merge(split, spec, CONFIG)))
   original = leaves_with_paths(params0)
   assert merged.keys() == original.keys()
   for path, x in original.items():
     assert merged[path].dtype == x.dtype and np.array_equal(merged[path], x), path
-  fft = esft.TrainableSpec()
-  assert esft.split(params0, fft, CONFIG) is params0 and esft.merge(params0, fft, CONFIG) is params0
+  fft = trainable.TrainableSpec()
+  assert trainable.split(params0, fft, CONFIG) is params0 and trainable.merge(params0, fft, CONFIG) is params0
 
 
 def expert_paths(layers_ids, part="selected"):
@@ -461,19 +461,19 @@ def shared_paths():
 
 
 def test_labels(params0):
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
   train, every = trained_paths(spec, params0)
   assert train == expert_paths([1, 3])  # layer 2 selects nothing: no "selected" leaf
 
-  shared = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, shared_experts=True)
+  shared = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, shared_experts=True)
   assert trained_paths(shared, params0)[0] == expert_paths([1, 3]) | shared_paths()
 
-  non_expert = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, non_expert_modules=True)
+  non_expert = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, non_expert_modules=True)
   frozen = expert_paths(MOE_LAYERS, "rest") | shared_paths()
   assert trained_paths(non_expert, params0)[0] == every - frozen
   assert any(p[0] == "embed_tokens" for p in every - shared_paths())
 
-  fft = esft.TrainableSpec()
+  fft = trainable.TrainableSpec()
   train, every = trained_paths(fft, params0)
   assert train == every == set(leaves_with_paths(params0))
 
@@ -481,16 +481,16 @@ def test_labels(params0):
 @pytest.mark.parametrize("shared,non_expert", [(False, False), (True, False), (False, True),
                                                (True, True)])
 def test_parameter_counts_by_hand(params0, shared, non_expert):
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, shared, non_expert)
-  split = esft.split(params0, spec, CONFIG)
-  n = partition.count(split, esft.labels(split, spec))
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, shared, non_expert)
+  split = trainable.split(params0, spec, CONFIG)
+  n = trainable.count(split, trainable.labels(split, spec))
   selected = 4 * PER_EXPERT  # experts 5, 0, 3 of layer 1 and 6 of layer 3
   want = selected + (ALL_SHARED if shared else 0)
   if non_expert:
     want += TOTAL - ALL_ROUTED - ALL_SHARED
   assert n == {"train": want, "frozen": TOTAL - want}
-  fft = esft.TrainableSpec()
-  assert partition.count(params0, esft.labels(params0, fft)) == {"train": TOTAL, "frozen": 0}
+  fft = trainable.TrainableSpec()
+  assert trainable.count(params0, trainable.labels(params0, fft)) == {"train": TOTAL, "frozen": 0}
 
 
 # 5. Training with the real step -------------------------------------------------
@@ -498,9 +498,9 @@ def test_parameter_counts_by_hand(params0, shared, non_expert):
 def test_frozen_weights_are_bitwise_unchanged(esft_run, params0):
   spec, state, losses = esft_run
   assert all(np.isfinite(losses))
-  before = leaves_with_paths(esft.split(params0, spec, CONFIG))
+  before = leaves_with_paths(trainable.split(params0, spec, CONFIG))
   after = leaves_with_paths(state.params)
-  labels = leaves_with_paths(esft.labels(state.params, spec))
+  labels = leaves_with_paths(trainable.labels(state.params, spec))
   n_changed = 0
   for path, label in labels.items():
     if label == "frozen":
@@ -510,7 +510,7 @@ def test_frozen_weights_are_bitwise_unchanged(esft_run, params0):
       n_changed += 1
   assert n_changed == 6  # selected gate/up/down of layers 1 and 3
 
-  merged = jax.device_get(esft.merge(state.params, spec, CONFIG))
+  merged = jax.device_get(trainable.merge(state.params, spec, CONFIG))
   for layer, ids in ((1, [5, 0, 3]), (2, []), (3, [6])):
     for p in PROJ:
       new = merged[f"layers_{layer}"]["mlp"]["experts"][p]
@@ -533,19 +533,19 @@ def test_missing_moe_layer_trains_no_routed_experts(esft_run, params0):
 
 def test_optimizer_state_is_proportional_to_trainable_params(params0):
   def state_bytes(spec):
-    params = esft.split(params0, spec, CONFIG)
+    params = trainable.split(params0, spec, CONFIG)
     tx = make_optimizer(optimizer_cfg(), 3, spec)
-    n = partition.count(params, esft.labels(params, spec))["train"]
+    n = trainable.count(params, trainable.labels(params, spec))["train"]
     return opt_bytes(jax.eval_shape(tx.init, params)), opt_bytes(tx.init(params)), n
 
-  small = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
-  large = esft.TrainableSpec.from_expert_config({"experts": {"1": [0, 1, 2, 3, 4, 5], "2": [7],
+  small = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  large = trainable.TrainableSpec.from_expert_config({"experts": {"1": [0, 1, 2, 3, 4, 5], "2": [7],
                                                              "3": [1, 2]}}, CONFIG)
-  shared = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, shared_experts=True)
+  shared = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG, shared_experts=True)
   results = {}
   for name, spec, n_hand in (("small", small, 4 * PER_EXPERT), ("large", large, 9 * PER_EXPERT),
                              ("shared", shared, 4 * PER_EXPERT + ALL_SHARED),
-                             ("fft", esft.TrainableSpec(), TOTAL)):
+                             ("fft", trainable.TrainableSpec(), TOTAL)):
     abstract_bytes, nbytes, n = state_bytes(spec)
     assert n == n_hand
     assert abstract_bytes == nbytes
@@ -557,14 +557,14 @@ def test_optimizer_state_is_proportional_to_trainable_params(params0):
 
 
 def test_esft_with_everything_selected_equals_fft(params0, batches):
-  every = esft.TrainableSpec.from_expert_config(
+  every = trainable.TrainableSpec.from_expert_config(
       {"experts": {"1": list(range(E))[::-1], "2": [3, 1, 7, 0, 6, 2, 5, 4], "3": list(range(E))},
        "shared_experts": True, "non_expert_modules": True}, CONFIG)
   esft_state, esft_losses = run_training(every, params0, batches, 5)
-  fft_state, fft_losses = run_training(esft.TrainableSpec(), params0, batches, 5)
+  fft_state, fft_losses = run_training(trainable.TrainableSpec(), params0, batches, 5)
   np.testing.assert_allclose(esft_losses, fft_losses, rtol=1e-5)
   assert fft_losses[-1] < fft_losses[0]
-  merged = leaves_with_paths(jax.device_get(esft.merge(esft_state.params, every, CONFIG)))
+  merged = leaves_with_paths(jax.device_get(trainable.merge(esft_state.params, every, CONFIG)))
   fft_params = leaves_with_paths(fft_state.params)
   assert merged.keys() == fft_params.keys()
   for path, x in fft_params.items():
@@ -631,7 +631,7 @@ def expert_keys(selected):
 
 def test_adapter_holds_only_trained_experts_and_round_trips(esft_run, params0, tmp_path):
   spec, state, _ = esft_run
-  trained = Model(CONFIG, {"params": jax.device_get(esft.merge(state.params, spec, CONFIG))})
+  trained = Model(CONFIG, {"params": jax.device_get(trainable.merge(state.params, spec, CONFIG))})
   base = Model(CONFIG, {"params": params0})
   path = tmp_path / "adapter"
   nbytes = esft.save_adapter(trained, spec, str(path))
@@ -656,7 +656,7 @@ def test_adapter_holds_only_trained_experts_and_round_trips(esft_run, params0, t
 
 
 def test_adapter_with_shared_experts(params0, tmp_path):
-  spec = esft.TrainableSpec.from_expert_config({"experts": {"2": [4], "3": [0, 7]}}, CONFIG,
+  spec = trainable.TrainableSpec.from_expert_config({"experts": {"2": [4], "3": [0, 7]}}, CONFIG,
                                                shared_experts=True)
   # A "fine-tuned" model in which every tensor moved; only the spec's ones may travel.
   rng = np.random.default_rng(2)
@@ -675,12 +675,12 @@ def test_adapter_with_shared_experts(params0, tmp_path):
     np.testing.assert_array_equal(w, tuned_sd[name] if name in want_keys else base_sd[name],
                                   err_msg=name)
   with pytest.raises(ValueError, match="FFT"):
-    esft.save_adapter(tuned, esft.TrainableSpec(), str(tmp_path / "fft"))
+    esft.save_adapter(tuned, trainable.TrainableSpec(), str(tmp_path / "fft"))
 
 
 def test_adapter_errors(params0, tmp_path):
   base = Model(CONFIG, {"params": params0})
-  spec = esft.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
+  spec = trainable.TrainableSpec.from_expert_config(SPEC_CFG, CONFIG)
   path = tmp_path / "adapter"
   esft.save_adapter(base, spec, str(path))
   cfg_path = path / "expert_cfg.json"
@@ -706,7 +706,7 @@ def test_adapter_errors(params0, tmp_path):
     esft.load_adapter(base, str(path))
 
   # Non-expert modules trained: a tensor the model does not have is still an error.
-  spec_ne = esft.TrainableSpec.from_expert_config({**SPEC_CFG, "non_expert_modules": True}, CONFIG)
+  spec_ne = trainable.TrainableSpec.from_expert_config({**SPEC_CFG, "non_expert_modules": True}, CONFIG)
   path2 = tmp_path / "adapter_ne"
   esft.save_adapter(base, spec_ne, str(path2))
   tensors = load_file(path2 / "adapter.safetensors")

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,12 +163,9 @@ def _replace_leaf(model, path, fn):
 
 
 def _assert_trees_equal(a, b):
-  la, ta = jax.tree_util.tree_flatten_with_path(a)
-  lb, tb = jax.tree_util.tree_flatten_with_path(b)
-  assert ta == tb
-  for (path, x), (_, y) in zip(la, lb):
-    assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  chex.assert_trees_all_equal_structs(a, b)
+  chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+  chex.assert_trees_all_equal(a, b)
 
 
 # 1. Logits ---------------------------------------------------------------------------

@@ -5,16 +5,24 @@ import collections
 import jax
 
 
-def dot_shapes(jaxpr) -> collections.Counter:
-  """Output shapes of every dot_general in a jaxpr, its sub-jaxprs included."""
-  shapes = collections.Counter()
+def eqns(jaxpr):
+  """Every equation of a jaxpr and of its sub-jaxprs (jit, remat, scan, custom_vjp, ...)."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      shapes[tuple(eqn.outvars[0].aval.shape)] += 1
+    yield eqn
     for v in eqn.params.values():
       for sub in (v if isinstance(v, (tuple, list)) else (v,)):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          shapes += dot_shapes(sub.jaxpr)
+          yield from eqns(sub.jaxpr)
         elif isinstance(sub, jax.extend.core.Jaxpr):
-          shapes += dot_shapes(sub)
-  return shapes
+          yield from eqns(sub)
+
+
+def dot_shapes(jaxpr) -> collections.Counter:
+  """Output shapes of every dot_general in a jaxpr, its sub-jaxprs included."""
+  return collections.Counter(tuple(e.outvars[0].aval.shape) for e in eqns(jaxpr)
+                             if e.primitive.name == "dot_general")
+
+
+def primitives(jaxpr) -> collections.Counter:
+  """How often each primitive occurs in a jaxpr, its sub-jaxprs included."""
+  return collections.Counter(e.primitive.name for e in eqns(jaxpr))

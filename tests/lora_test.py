@@ -4,8 +4,7 @@ import jax
 import numpy as np
 
 from moe_jax import config as C
-from moe_jax import esft, input_pipeline, lora, train_config
-from moe_jax.esft import partition
+from moe_jax import input_pipeline, lora, train_config, trainable
 from moe_jax.model import init_variables
 from moe_jax.steps import TrainState, make_optimizer, make_train_step
 from moe_jax.tokenizer import ByteTokenizer
@@ -40,10 +39,10 @@ def test_merged_weights_are_base_plus_scaled_product():
 
 def test_lora_trains_only_factors(repo_root):
   params = init_variables(CONFIG, 0)["params"]
-  spec = esft.TrainableSpec("lora", lora_rank=4, seed=0)
-  split = esft.split(params, spec, CONFIG)
+  spec = trainable.TrainableSpec("lora", lora_rank=4, seed=0)
+  split = trainable.split(params, spec, CONFIG)
   np.testing.assert_array_equal(  # B = 0: the merged model starts as the base model
-      esft.merge(split, spec, CONFIG)["layers_1"]["mlp"]["experts"]["up_proj"],
+      trainable.merge(split, spec, CONFIG)["layers_1"]["mlp"]["experts"]["up_proj"],
       params["layers_1"]["mlp"]["experts"]["up_proj"])
   cfg = train_config.base_config()
   cfg.optimizer.learning_rate = 1e-2
@@ -62,6 +61,6 @@ def test_lora_trains_only_factors(repo_root):
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(split["lora"]),
                                                        jax.tree_util.tree_leaves(new.params["lora"]))]
   assert all(changed)
-  n = partition.count(split, esft.labels(split, spec))
+  n = trainable.count(split, trainable.labels(split, spec))
   opt_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(new.opt_state))
   assert 8 * n["train"] <= opt_bytes < 8 * n["train"] + 64  # Adam mu, nu for the factors only

@@ -9,7 +9,7 @@ import pytest
 
 import moe_jax
 from moe_jax import config as C
-from moe_jax import esft, train_lib
+from moe_jax import tasks, train_lib, trainable
 from moe_jax.prm import ppo, scoring
 from moe_jax.tokenizer import ByteTokenizer
 
@@ -122,14 +122,14 @@ def test_kl_is_zero_when_policy_equals_reference(model):
   batch = {k: jnp.asarray(v) for k, v in _rollout_batch().items()}
   task = jnp.asarray(np.random.default_rng(0).normal(size=batch["mask"].shape), jnp.float32)
   params = {**model.params, "value_head": {"kernel": jnp.zeros(64), "bias": jnp.float32(0)}}
-  out, stats = ppo._prepare(CONFIG, params, model.params, {}, batch, task, ppo.Hyper(whiten=False))
+  out, stats = ppo.prepare(CONFIG, params, model.params, {}, batch, task, ppo.Hyper(whiten=False))
   assert float(stats["kl"]) == 0.0
   # ...so the rewards are the task's alone: returns with zero values are the reward-to-go.
   m = np.asarray(batch["mask"], np.float64)
   want = _gae_reference(np.asarray(task) * m, np.zeros_like(m), m, 1.0, 0.95)[1]
   np.testing.assert_allclose(np.asarray(out["returns"]), want, atol=1e-5)
   other = jax.tree_util.tree_map(lambda x: x * 1.05, model.params)
-  _, stats = ppo._prepare(CONFIG, params, other, {}, batch, task, ppo.Hyper())
+  _, stats = ppo.prepare(CONFIG, params, other, {}, batch, task, ppo.Hyper())
   assert float(stats["kl"]) != 0.0
 
 
@@ -215,7 +215,7 @@ def test_a_policy_learns_the_token_its_reward_favours(tmp_path):
   share = lambda m: float(np.mean(np.asarray(ppo.rollout(
       m, TOK, ["hi"], np.zeros(64, int), 24, 8, 1.0, seed=7).responses) == x))
   before = share(policy)
-  trained, summary = ppo.train(cfg, str(tmp_path), policy, esft.TrainableSpec(), TOK, ["hi", "yo"],
+  trained, summary = ppo.train(cfg, str(tmp_path), policy, trainable.TrainableSpec(), TOK, ["hi", "yo"],
                                favour_x, train_lib.make_mesh(cfg))
   after = share(trained)
   rewards = [h["task_reward"] for h in summary["history"]]
@@ -239,11 +239,11 @@ def test_ppo_through_train_py_config_with_esft_and_resume(tmp_path, model):
   cfg.num_train_steps = 2
   cfg.checkpoint_every = 1
   work = tmp_path / "run"
-  first = train_lib.train_and_evaluate(cfg, str(work))
+  first = tasks.train_and_evaluate(cfg, str(work))
   assert len(first["history"]) == 2 and first["trainable_fraction"] < 0.5
   assert (work / "expert_config.json").exists() and (work / "hf" / "config.json").exists()
   assert "greedy_accuracy" in first["before"] and "greedy_accuracy" in first["after"]
   cfg.num_train_steps = 3
-  second = train_lib.train_and_evaluate(cfg, str(work))
+  second = tasks.train_and_evaluate(cfg, str(work))
   assert len(second["history"]) == 1  # only iteration 3 ran: 1 and 2 came from the checkpoint
   assert "before" not in second

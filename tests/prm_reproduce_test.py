@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from moe_jax.prm import arith, reproduce
+from moe_jax.prm import arith
+from moe_jax.studies import prm as reproduce
 
 
 def test_labels_from_rollouts_against_exact_labels():

@@ -11,7 +11,7 @@ import pytest
 
 import moe_jax
 from moe_jax import config as C
-from moe_jax import input_pipeline, train_lib
+from moe_jax import input_pipeline, tasks
 from moe_jax.model import Transformer
 from moe_jax.prm import annotate, data, reward, scoring
 from moe_jax.tokenizer import ByteTokenizer
@@ -192,7 +192,7 @@ def test_prm_training_through_the_trainer(repo_root, tmp_path, variant):
   if variant != "prm":
     cfg.prm.orm, cfg.prm.value_head, cfg.train_mode = True, True, "esft"
     cfg.esft.n_score_tokens = 2048
-  summary = train_lib.train_and_evaluate(cfg, str(tmp_path))
+  summary = tasks.train_and_evaluate(cfg, str(tmp_path))
   before, after = summary["metrics_before"], summary["metrics_after"]
   if variant == "prm":
     assert after["log_loss"] < before["log_loss"]
@@ -206,14 +206,14 @@ def test_prm_training_through_the_trainer(repo_root, tmp_path, variant):
 
 
 def test_verify_cli_scores_with_a_model(model, tmp_path, capsys):
-  from moe_jax.prm import verify
+  from moe_jax.prm.__main__ import verify
   moe_jax.save_pretrained(model, tmp_path / "prm")
   problems = [{"question": "What is 2+3?", "gold": "5", "candidates": [
       {"steps": ["Step 1: 2+3 = 5", "Step 2: The answer is: 5"]},
       {"steps": ["Step 1: 2+3 = 6", "Step 2: The answer is: 6"]}]}]
   path = tmp_path / "cands.jsonl"
   path.write_text("\n".join(json.dumps(p) for p in problems) + "\n")
-  assert verify.main(["--candidates", str(path), "--model", str(tmp_path / "prm"), "--max-n", "2",
+  assert verify(["--candidates", str(path), "--model", str(tmp_path / "prm"), "--max-n", "2",
                       "--out", str(tmp_path / "out.json")]) == 0
   result = json.loads((tmp_path / "out.json").read_text())
   acc = result["accuracy"]

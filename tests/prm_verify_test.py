@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from moe_jax.prm import verify as V
+from moe_jax.prm.__main__ import main as prm_cli
+from moe_jax.prm.candidates import read_candidates
 from moe_jax.prm.verify import Candidate, Problem
 
 
@@ -319,7 +321,7 @@ def test_read_candidates(tmp_path):
       {"gold": 7, "candidates": []},
   ])
   extract = lambda t: t.rsplit("The answer is:", 1)[1].split()[0] if "The answer is:" in t else None
-  probs = V.read_candidates(f, extract=extract)
+  probs = read_candidates(f, extract=extract)
   assert len(probs) == 2
   p, q = probs
   assert (p.gold, p.question, p.where) == ("18", "q1", f"{f}:1")
@@ -339,7 +341,7 @@ def test_read_candidates_with_gsm8k_defaults(tmp_path):
       {"text": "Step 1: 2 * 2 = 4. ки\nStep 2: The answer is: $1,000.00 ки",
        "step_scores": [0.5, 0.5]},
   ]}])
-  (p,) = V.read_candidates(f)
+  (p,) = read_candidates(f)
   assert [c.answer for c in p.candidates] == ["1000", None, "$1,000.00"]
   assert p.candidates[0].steps == ["Step 1: 500 * 2 = 1000.", "Step 2: The answer is: 1000"]
   r = V.evaluate([p], [1, 3])
@@ -366,7 +368,7 @@ def test_read_candidates_with_gsm8k_defaults(tmp_path):
 def test_read_candidates_errors_name_file_and_line(tmp_path, line, match):
   f = _write(tmp_path / "bad.jsonl", [{"gold": "1", "candidates": []}, line])
   with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{match}"):
-    V.read_candidates(f)
+    read_candidates(f)
 
 
 # ---------------------------------------------------------------- CLI
@@ -385,7 +387,7 @@ def test_cli_table_and_json(tmp_path, capsys):
   ]
   f = _write(tmp_path / "c.jsonl", rows)
   out = tmp_path / "acc.json"
-  assert V.main(["verify", "--candidates", str(f), "--out", str(out)]) == 0
+  assert prm_cli(["verify", "--candidates", str(f), "--out", str(out)]) == 0
   text = capsys.readouterr().out
   header = text.splitlines()[0].split()
   assert header == ["method", "N=1", "N=2", "N=4", "N=5"]  # powers of two, then the cap (5)
@@ -398,7 +400,7 @@ def test_cli_table_and_json(tmp_path, capsys):
   result = json.loads(out.read_text())
   assert result["ns"] == [1, 2, 4, 5] and result["no_candidates"] == 1
   assert result["accuracy"]["prm_min"]["4"] == pytest.approx(1 / 3)
-  assert V.main(["--candidates", str(f), "--max-n", "2", "--methods", "majority,pass@n"]) == 0
+  assert prm_cli(["verify", "--candidates", str(f), "--max-n", "2", "--methods", "majority,pass@n"]) == 0
   text = capsys.readouterr().out
   assert text.splitlines()[0].split() == ["method", "N=1", "N=2"]
   assert [line.split()[0] for line in text.splitlines()[1:3]] == ["majority", "pass@n"]
@@ -406,10 +408,10 @@ def test_cli_table_and_json(tmp_path, capsys):
 
 def test_cli_errors(tmp_path, capsys):
   f = _write(tmp_path / "c.jsonl", [{"gold": "1", "candidates": [{"answer": "1"}]}, "{oops"])
-  assert V.main(["--candidates", str(f)]) == 2
+  assert prm_cli(["verify", "--candidates", str(f)]) == 2
   assert f"{f}:2: malformed JSON" in capsys.readouterr().err
   g = _write(tmp_path / "g.jsonl", [{"gold": "1", "candidates": [{"answer": "1"}]}])
-  assert V.main(["--candidates", str(g), "--methods", "prm_min"]) == 2
+  assert prm_cli(["verify", "--candidates", str(g), "--methods", "prm_min"]) == 2
   assert f"{g}:1: candidate 0 has no step scores" in capsys.readouterr().err
-  assert V.main(["--candidates", str(tmp_path / "missing.jsonl")]) == 2
+  assert prm_cli(["verify", "--candidates", str(tmp_path / "missing.jsonl")]) == 2
   assert "missing.jsonl" in capsys.readouterr().err

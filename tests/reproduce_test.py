@@ -1,4 +1,4 @@
-"""`python -m moe_jax.esft.reproduce --quick`: the whole study end to end at toy size."""
+"""`python -m moe_jax.studies.esft --quick`: the whole study end to end at toy size."""
 
 import json
 import subprocess
@@ -6,11 +6,12 @@ import sys
 
 import numpy as np
 
-from moe_jax.esft import reproduce
+from moe_jax.studies import esft as reproduce
+from moe_jax.studies import esft_report
 
 
 def test_quick_study(tmp_path, repo_root):
-  proc = subprocess.run([sys.executable, "-m", "moe_jax.esft.reproduce", "--out", str(tmp_path),
+  proc = subprocess.run([sys.executable, "-m", "moe_jax.studies.esft", "--out", str(tmp_path),
                          "--quick"], capture_output=True, text=True, cwd=repo_root, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads((tmp_path / "results.json").read_text())
@@ -54,8 +55,8 @@ def test_intent_scoring_ignores_spacing_and_slot_order():
 
 
 def test_confidence_interval_by_hand():
-  m, h = reproduce.mean_ci([1.0, 2.0, 3.0])
+  m, h = esft_report.mean_ci([1.0, 2.0, 3.0])
   assert m == 2.0 and abs(h - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
-  assert reproduce._verdict([1.0, 1.1, 0.9], [5.0, 5.1, 4.9], lower_is_better=True) == "held"
-  assert reproduce._verdict([5.0, 5.1, 4.9], [1.0, 1.1, 0.9], lower_is_better=True) == "failed"
-  assert reproduce._verdict([1.0, 3.0, 2.0], [2.0, 2.5, 1.5], lower_is_better=True) == "inconclusive"
+  assert esft_report._verdict([1.0, 1.1, 0.9], [5.0, 5.1, 4.9], lower_is_better=True) == "held"
+  assert esft_report._verdict([5.0, 5.1, 4.9], [1.0, 1.1, 0.9], lower_is_better=True) == "failed"
+  assert esft_report._verdict([1.0, 3.0, 2.0], [2.0, 2.5, 1.5], lower_is_better=True) == "inconclusive"

@@ -24,8 +24,10 @@ import subprocess
 import sys
 import time
 
+import chex
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
@@ -131,7 +133,8 @@ def _kill_after_step(proc: subprocess.Popen, workdir, step: int, err_path, timeo
 
 @pytest.mark.parametrize("config", ["fft", "esft_token"])
 def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, env, config):
-  flags = [f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every={CKPT_EVERY}"]
+  flags = [f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every={CKPT_EVERY}",
+           "--config.export_hf=True"]  # the final weights, compared at the end
   ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
   with open(tmp_path / "ref.err", "w") as ref_err, open(tmp_path / "run.err", "w") as run_err:
     ref = subprocess.Popen(_cmd(ref_dir, *flags, config=config), cwd=REPO, env=env,
@@ -171,12 +174,13 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path, env, config):
   if config.startswith("esft"):  # the rerun selected the same experts and trained them identically
     assert ((run_dir / "expert_config.json").read_text()
             == (ref_dir / "expert_config.json").read_text())
-    from safetensors.numpy import load_file
     a = load_file(ref_dir / "adapter" / "adapter.safetensors")
     b = load_file(run_dir / "adapter" / "adapter.safetensors")
     assert sorted(a) == sorted(b) and a
-    for k in a:
-      np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    chex.assert_trees_all_equal(b, a)
+  # ...and the resumed run ends with the uninterrupted run's weights, bit for bit.
+  chex.assert_trees_all_close(load_file(run_dir / "hf" / "model.safetensors"),
+                              load_file(ref_dir / "hf" / "model.safetensors"), rtol=0, atol=0)
 
 
 # Non-finite loss ------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_jax import esft, hf, train_lib
+from moe_jax import esft, hf, tasks, train_lib
 
 CONFIGS = ("quickstart", "fft", "esft_token", "esft_gate")
 
@@ -46,7 +46,7 @@ def test_quickstart_pipeline(repo_root, tmp_path):
   cfg = small(load_config(repo_root, "quickstart"))
   cfg.pretrain.num_train_steps = 16
   cfg.optimizer.learning_rate = 3e-3
-  summary = train_lib.train_and_evaluate(cfg, str(tmp_path))
+  summary = tasks.train_and_evaluate(cfg, str(tmp_path))
 
   # Pretraining learned something, and ESFT trained only part of the model.
   pre = [json.loads(l) for l in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
@@ -76,4 +76,4 @@ def test_bad_preset_is_named(repo_root, tmp_path):
   cfg = load_config(repo_root, "quickstart")
   cfg.model.preset = "deepseek-v9"
   with pytest.raises(ValueError, match="config.model.preset"):
-    train_lib.train_and_evaluate(cfg, str(tmp_path))
+    tasks.train_and_evaluate(cfg, str(tmp_path))

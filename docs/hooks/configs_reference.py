@@ -4,7 +4,8 @@ At build time every configs/*.py is imported and its get_config() called; the
 page lists each file with its module docstring and every field with its value
 and its comment. Comments come from the source: the one on the line that sets
 the field (or the comment lines right above it), in the config file itself or
-else in moe_jax/train_config.py; a field with none inherits its group's. The
+else in the builder functions it calls (`moe_jax.train_config.base_config()`,
+`moe_jax.prm.configs.prm_config()`, ...); a field with none inherits its group's. The
 page is therefore always what the files say, never a copy that can drift.
 """
 
@@ -155,15 +156,52 @@ def _comment_for(field: str, sources: list[dict[str, str]]) -> tuple[str, str]:
   return "", field
 
 
-def _builders(config_path: str, train_config: str) -> list[str]:
-  """The train_config functions (base_config, esft_config, ...) a config file calls."""
-  with open(train_config, encoding="utf-8") as f:
-    defined = {n.name for n in ast.parse(f.read()).body if isinstance(n, ast.FunctionDef)}
-  with open(config_path, encoding="utf-8") as f:
+def _imported_calls(path: str, root: str, function: str | None = None) -> list[tuple[str, str]]:
+  """(source file, function) for each function of moe_jax that `path` imports by name and calls
+  (inside `function` only, if given), in call order."""
+  with open(path, encoding="utf-8") as f:
     tree = ast.parse(f.read())
-  called = [n.func.id for n in ast.walk(tree)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in defined]
-  return list(dict.fromkeys(called))
+  imported = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moe_jax"):
+      src = os.path.join(root, *node.module.split(".")) + ".py"
+      for alias in node.names:
+        imported[alias.asname or alias.name] = (src, alias.name)
+  # A module-level alias `from moe_jax import train_config` makes `train_config.f()` a call too.
+  modules = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module == "moe_jax":
+      for alias in node.names:
+        modules[alias.asname or alias.name] = os.path.join(root, "moe_jax", alias.name + ".py")
+  if function is not None:
+    tree = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
+  out = []
+  for n in ast.walk(tree):
+    if not isinstance(n, ast.Call):
+      continue
+    if isinstance(n.func, ast.Name) and n.func.id in imported:
+      out.append(imported[n.func.id])
+    elif (isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+          and n.func.value.id in modules and os.path.exists(modules[n.func.value.id])):
+      out.append((modules[n.func.value.id], n.func.attr))
+  return list(dict.fromkeys(out))
+
+
+def _builders(config_path: str, root: str) -> list[tuple[str, str]]:
+  """The config builders a config file calls (base_config, esft_config, prm_config, ...), each
+  followed by those it builds on (prm_config before the base_config it extends)."""
+  out, todo = [], _imported_calls(config_path, root)
+  while todo:
+    src, fn = todo.pop(0)
+    if (src, fn) in out or not os.path.exists(src):
+      continue
+    out.append((src, fn))
+    todo = _imported_calls(src, root, fn) + todo
+  return out
+
+
+def _module(src: str, root: str) -> str:
+  return os.path.splitext(os.path.relpath(src, root))[0].replace(os.sep, ".")
 
 
 def render(root: str) -> str:
@@ -188,16 +226,17 @@ def render(root: str) -> str:
     if not hasattr(module, "get_config"):
       raise PluginError(f"{rel} has no get_config()")
     fields = flatten(module.get_config())
-    # Comments: the file's own, then those of the train_config builder it calls (ppo_config
-    # before the base_config it extends).
-    builders = _builders(path, train_config)
-    if builders and "base_config" not in builders:
-      builders.append("base_config")
-    sources = [field_comments(path)] + [field_comments(train_config, b) for b in builders]
+    # Comments: the file's own, then those of the builders it calls (ppo_config before the
+    # base_config it extends).
+    builders = _builders(path, root)
+    if builders and (train_config, "base_config") not in builders:
+      builders.append((train_config, "base_config"))
+    sources = [field_comments(path)] + [field_comments(src, fn) for src, fn in builders]
     derived = set(base) <= set(fields)  # built on train_config.base_config()
     out += [f"## {rel}", "", to_markdown(inspect.cleandoc(module.__doc__ or "")), ""]
     if builders:
-      out += ["Built on " + ", ".join(f"`moe_jax.train_config.{b}()`" for b in builders) + ".", ""]
+      out += ["Built on " + ", ".join(f"`{_module(src, root)}.{fn}()`" for src, fn in builders)
+              + ".", ""]
     if derived:
       out += ["Values in **bold** differ from `base_config()`.", ""]
     out += ["| field | value | comment |", "|---|---|---|"]

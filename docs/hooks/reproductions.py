@@ -1,7 +1,7 @@
 """MkDocs hook: the "Reproductions" nav section lists every docs/<study>/RESULTS.md.
 
-Each reproduction study (`python -m moe_jax.esft.reproduce`, `python -m
-moe_jax.prm.reproduce`) commits its report as docs/<study>/RESULTS.md with its
+Each reproduction study (`python -m moe_jax.studies.esft`, `python -m
+moe_jax.studies.prm`) commits its report as docs/<study>/RESULTS.md with its
 figures beside it. Listing them by glob means a new or not-yet-committed study
 neither breaks the strict build nor needs a mkdocs.yml edit.
 """

@@ -13,8 +13,8 @@ import json
 import sys
 
 from moe_jax.esft.report import overlap
-from moe_jax.esft.selection import (SCORE_FUNCTIONS, read_expert_config, read_routing_logs,
-                                    select_experts, write_expert_config)
+from moe_jax.esft.selection import SCORE_FUNCTIONS, read_routing_logs, select_experts
+from moe_jax.trainable import read_expert_config, write_expert_config
 
 
 def _select(args) -> int:

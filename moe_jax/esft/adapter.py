@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 
-import jax
 import numpy as np
 
 from moe_jax import hf
-from moe_jax.esft.partition import TrainableSpec
-from moe_jax.esft.selection import read_expert_config
 from moe_jax.model import Model
-
-_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_SHARED = re.compile(r"model\.layers\.\d+\.mlp\.shared_experts\.")
+from moe_jax.trainable import TrainableSpec, read_expert_config
 
 
 def _trained(name: str, spec: TrainableSpec) -> bool:
-  m = _EXPERT.match(name)
-  if m:
-    return int(m.group(2)) in spec.selected.get(int(m.group(1)), ())
-  if _SHARED.match(name):
+  expert = hf.routed_expert(name)
+  if expert is not None:
+    return expert[1] in spec.selected.get(expert[0], ())
+  if hf.is_shared_expert(name):
     return spec.shared_experts
   return spec.non_expert_modules
 
@@ -61,30 +55,15 @@ def load_adapter(base: Model, path: str) -> Model:
   c = base.config
   cfg = read_expert_config(os.path.join(path, "expert_cfg.json"), c.moe_layers, c.n_routed_experts)
   spec = TrainableSpec.from_expert_config(cfg, c)
-  ckpt = hf._Checkpoint(path)
+  tensors = hf.SafetensorsDir(path)
   expected = {n for n, _ in hf.state_dict(base) if _trained(n, spec)}
-  missing = sorted(expected - ckpt.keys())
+  missing = sorted(expected - tensors.keys())
   if missing:
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     raise hf.CheckpointError(f"{path}: expert_cfg.json trains {missing[:3]}{more}, which the "
                              f"adapter lacks")
-  entries = {e.hf: e for e in hf._tensor_map(c)}
-  variables = jax.tree_util.tree_map(np.array, base.variables)  # a writable copy
-  for name in sorted(ckpt.keys()):
-    if not _trained(name, spec):
-      raise hf.CheckpointError(f"{path}: tensor {name!r} is not trained under expert_cfg.json")
-    w = ckpt.get(name)
-    m = _EXPERT.match(name)
-    if m:
-      layer, expert, proj = int(m.group(1)), int(m.group(2)), m.group(3)
-      target = variables["params"][f"layers_{layer}"]["mlp"]["experts"][proj]
-      hf._check_shape(name, w.shape, target.shape[:0:-1])
-      target[expert] = w.T
-    elif name in entries:
-      e = entries[name]
-      leaf = hf._get(variables, e.path)
-      hf._check_shape(name, w.shape, hf._to_hf(leaf, e.n_in).shape)
-      hf._set(variables, e.path, hf._to_ours(np.asarray(w), leaf.shape, e.n_in).astype(leaf.dtype))
-    else:
-      raise hf.CheckpointError(f"{path}: tensor {name!r} is not part of this model")
-  return Model(c, jax.tree_util.tree_map(jax.numpy.asarray, variables))
+  names = sorted(tensors.keys())
+  untrained = [n for n in names if not _trained(n, spec)]
+  if untrained:
+    raise hf.CheckpointError(f"{path}: tensor {untrained[0]!r} is not trained under expert_cfg.json")
+  return hf.put_tensors(base, ((n, tensors.get(n)) for n in names), source=path)

@@ -68,7 +68,8 @@ def task_report(model, tasks: Mapping[str, str], tokenizer, out_dir: str, score_
   """
   from moe_jax import input_pipeline
   from moe_jax.esft.scoring import score_experts
-  from moe_jax.esft.selection import select_experts, write_expert_config
+  from moe_jax.esft.selection import select_experts
+  from moe_jax.trainable import write_expert_config
 
   os.makedirs(out_dir, exist_ok=True)
   selected, result = {}, {"experts": {}, "overlap": {}}

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from moe_jax.esft.selection import ExpertScores, ScoreAccumulator
-from moe_jax.model import Model, Transformer
+from moe_jax.model import Model, Transformer, layer_name
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -23,7 +23,7 @@ def _routing(config, variables, tokens, positions, segment_ids):
   _, state = Transformer(config).apply(variables, tokens, positions, segment_ids,
                                        mutable=["intermediates"])
   inter = state["intermediates"]
-  return {layer: inter[f"layers_{layer}"]["mlp"]["routing"][0] for layer in config.moe_layers}
+  return {layer: inter[layer_name(layer)]["mlp"]["routing"][0] for layer in config.moe_layers}
 
 
 def score_experts(model: Model, batches: Iterable[dict], n_tokens: int) -> ExpertScores:

@@ -9,26 +9,22 @@ spec). Per layer, experts are taken highest first until their cumulative score
 reaches p; the expert that crosses p is included.
 
 Scores come from a model run (`ScoreAccumulator`, fed by `moe_jax.esft.scoring`)
-or from the official routing-log files (`read_routing_logs`). The expert
-config JSON is the official one: {"experts": {"<layer>": [ids]},
-"shared_experts": bool, "non_expert_modules": bool}, layers numbered as the
-model numbers them (the first MoE layer of V2-Lite is "1").
+or from the official routing-log files (`read_routing_logs`). `select_experts`
+returns the official expert config dict (see `moe_jax.trainable`): layers
+numbered as the model numbers them (the first MoE layer of V2-Lite is "1").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
+from moe_jax.trainable import ExpertConfigError
+
 SCORE_FUNCTIONS = ("token", "gate")
-
-
-class ExpertConfigError(ValueError):
-  """An expert config or routing log that cannot apply; the message names the file and field."""
 
 
 @dataclasses.dataclass
@@ -167,60 +163,3 @@ def select_experts(scores: Mapping[int, np.ndarray], top_p: float, decimals: int
   experts = {str(l): select_layer(s, top_p, decimals) for l, s in scores.items()}
   return {"experts": dict(sorted(experts.items())),
           "shared_experts": bool(shared_experts), "non_expert_modules": bool(non_expert_modules)}
-
-
-def write_expert_config(cfg: dict, path: str | os.PathLike) -> None:
-  """Writes an expert config as JSON, whole or not at all (temporary file, then rename)."""
-  path = os.fspath(path)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(cfg, f)
-  os.replace(tmp, path)
-
-
-def read_expert_config(path: str | os.PathLike, moe_layers: Sequence[int] | None = None,
-                       n_experts: int | None = None) -> dict:
-  """Reads and validates an official expert config against a model's MoE layers and experts."""
-  path = os.fspath(path)
-  try:
-    with open(path, encoding="utf-8") as f:
-      cfg = json.load(f)
-  except FileNotFoundError:
-    raise ExpertConfigError(f"{path}: no such file") from None
-  except json.JSONDecodeError as e:
-    raise ExpertConfigError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from e
-  return validate_expert_config(cfg, moe_layers, n_experts, source=path)
-
-
-def validate_expert_config(cfg, moe_layers=None, n_experts=None, source="expert config") -> dict:
-  """The expert config normalised (string layer keys, both flags present); ExpertConfigError naming `source` otherwise.
-
-  Checks the layer keys against `moe_layers` and the ids against `n_experts` where given.
-  """
-  if not isinstance(cfg, dict) or not isinstance(cfg.get("experts"), dict):
-    raise ExpertConfigError(f"{source}: expected an object with an 'experts' mapping")
-  experts = {}
-  for key, ids in cfg["experts"].items():
-    if not str(key).isdigit():
-      raise ExpertConfigError(f"{source}: layer key {key!r} is not a layer index")
-    layer = int(key)
-    if str(layer) in experts:
-      raise ExpertConfigError(f"{source}: layer {layer} is listed twice")
-    if moe_layers is not None and layer not in moe_layers:
-      raise ExpertConfigError(f"{source}: layer {layer} is not a MoE layer of this model "
-                              f"(MoE layers: {list(moe_layers)})")
-    # bool is an int subclass, but JSON true/false are not expert ids.
-    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-      raise ExpertConfigError(f"{source}: layer {layer}: expected a list of expert ids")
-    bad = [i for i in ids if i < 0 or (n_experts is not None and i >= n_experts)]
-    if bad:
-      raise ExpertConfigError(f"{source}: layer {layer}: expert ids {bad} do not exist "
-                              f"(the model has {n_experts} routed experts)")
-    if len(set(ids)) != len(ids):
-      raise ExpertConfigError(f"{source}: layer {layer}: repeated expert ids {ids}")
-    experts[str(layer)] = list(ids)
-  for flag in ("shared_experts", "non_expert_modules"):
-    if not isinstance(cfg.get(flag, False), bool):
-      raise ExpertConfigError(f"{source}: field {flag!r} must be true or false")
-  return {"experts": experts, "shared_experts": cfg.get("shared_experts", False),
-          "non_expert_modules": cfg.get("non_expert_modules", False)}

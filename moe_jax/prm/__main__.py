@@ -1,4 +1,4 @@
-"""Process reward model command line.
+"""The process reward model command line: annotate, verify, convert.
 
     python -m moe_jax.prm annotate --config=configs/prm_annotate.py [--config.n=8 ...]
     python -m moe_jax.prm verify --candidates FILE [--max-n 64] [--model PRM_DIR]
@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -69,8 +70,6 @@ def run_annotation(cfg) -> dict:
 
 
 def _convert(argv) -> int:
-  import argparse
-
   from moe_jax.prm import data
 
   parser = argparse.ArgumentParser(prog="python -m moe_jax.prm convert")
@@ -90,6 +89,94 @@ def _convert(argv) -> int:
   return 0
 
 
+def _powers_of_two(max_n: int) -> list[int]:
+  ns, n = [], 1
+  while n <= max_n:
+    ns.append(n)
+    n *= 2
+  if ns[-1] != max_n:
+    ns.append(max_n)
+  return ns
+
+
+def _score_missing(problems: list, args) -> int:
+  """Fills in missing step scores with the PRM at --model; returns how many it scored."""
+  from moe_jax.hf import from_pretrained
+  from moe_jax.prm.scoring import step_scores
+  from moe_jax.tokenizer import load_tokenizer
+
+  model = from_pretrained(args.model)
+  tokenizer = load_tokenizer(args.tokenizer)
+  scored = 0
+  for p in problems:
+    todo = [c for c in p.candidates if not c.step_scores]
+    if not todo:
+      continue
+    if any(not c.steps for c in todo):
+      raise ValueError(f"{p.where}: a candidate without step_scores has no steps or text to score")
+    scores = step_scores(model, tokenizer, p.question, [c.steps for c in todo], tag=args.step_tag,
+                         good=args.good, bad=args.bad)
+    for c, s in zip(todo, scores):
+      c.step_scores = [float(x) for x in s]
+    scored += len(todo)
+  return scored
+
+
+def verify(argv) -> int:
+  """`python -m moe_jax.prm verify`: print (and with --out write) accuracy by method and N.
+
+  argv: the arguments after "verify". Returns the exit status: 0, or 2 with a
+  message on stderr for bad input.
+  """
+  from moe_jax.prm import data
+  from moe_jax.prm.candidates import read_candidates
+  from moe_jax.prm.verify import METHODS, evaluate, format_table
+
+  parser = argparse.ArgumentParser(
+      prog="python -m moe_jax.prm verify",
+      description="Best-of-N, self-consistency and SC + RM accuracy from scored candidates.")
+  parser.add_argument("--candidates", required=True, help="JSONL, one problem per line")
+  parser.add_argument("--max-n", type=int, default=64,
+                      help="largest N (capped at the most candidates any problem has); "
+                           "N = 1, 2, 4, ... and the cap")
+  parser.add_argument("--methods", nargs="+", default=None,
+                      help=f"any of {', '.join(METHODS)} (default: all the data allows)")
+  parser.add_argument("--out", help="write the results as JSON here")
+  parser.add_argument("--model", help="PRM (Hugging Face directory) to score candidates that "
+                                      "lack step_scores")
+  parser.add_argument("--tokenizer", default="byte",
+                      help="'byte' or a tokenizer.json / its directory (with --model)")
+  parser.add_argument("--step-tag", default=data.TAG, help="the PRM's step tag (with --model)")
+  parser.add_argument("--good", default=data.GOOD, help="the PRM's good-step label token (with --model)")
+  parser.add_argument("--bad", default=data.BAD, help="the PRM's bad-step label token (with --model)")
+  args = parser.parse_args(argv)
+  methods = None
+  if args.methods:
+    methods = [m for spec in args.methods for m in spec.split(",") if m]
+  try:
+    if args.max_n < 1:
+      raise ValueError(f"--max-n must be positive, got {args.max_n}")
+    problems = read_candidates(args.candidates)
+    if not problems:
+      raise ValueError(f"{args.candidates}: no problems")
+    if args.model and any(not c.step_scores for p in problems for c in p.candidates):
+      print(f"scored {_score_missing(problems, args)} candidates with {args.model}")
+    most = max(len(p.candidates) for p in problems)
+    if most == 0:
+      raise ValueError(f"{args.candidates}: no problem has any candidates")
+    ns = _powers_of_two(min(args.max_n, most))
+    result = evaluate(problems, ns, methods)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(format_table(result))
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump({"candidates": args.candidates, "ns": ns, **result}, f, indent=2)
+    print(f"wrote {args.out}")
+  return 0
+
+
 def main(argv=None) -> int:
   """The command line: `python -m moe_jax.prm {convert,annotate,verify} ...`."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -102,8 +189,7 @@ def main(argv=None) -> int:
       return _annotate(rest)
     if command == "convert":
       return _convert(rest)
-    from moe_jax.prm import verify
-    return verify.main(rest)
+    return verify(rest)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -25,9 +25,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from moe_jax.prm import gsm8k
+from moe_jax.prm import data, gsm8k
 
-STEP_TAG = "ки"
+STEP_TAG = data.TAG.strip()  # one token here: the tag without its leading space
 NAMES = ("Anna", "Ben", "Emma", "Leo", "Lucy", "Mia", "Sam", "Tom")
 ITEMS = (("apple", "apples"), ("book", "books"), ("card", "cards"), ("coin", "coins"), ("cookie", "cookies"),
          ("marble", "marbles"), ("pear", "pears"), ("pencil", "pencils"), ("shell", "shells"))
@@ -265,7 +265,7 @@ def _template_words() -> list[str]:
   return sorted({w for t in texts for w in re.findall(r"[A-Za-z']+", re.sub(r"\{\w+\}", " ", t))})
 
 
-_PIECE = re.compile(r"ки|\d|[A-Za-z']+|\n|[ \t]+|.", re.DOTALL)
+_PIECE = re.compile(re.escape(STEP_TAG) + r"|\d|[A-Za-z']+|\n|[ \t]+|.", re.DOTALL)
 _NO_SPACE_BEFORE = frozenset(".,:?\n")
 
 

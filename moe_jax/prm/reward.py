@@ -44,19 +44,30 @@ def label_ids(tokenizer, good: str = "+", bad: str = "-") -> tuple[int, int]:
   return out[0], out[1]
 
 
+VALUE_HEAD = "value_head"  # where a model holds the head: params["value_head"], beside the transformer's
+# Its logical axes: D + 1 numbers, replicated on every device.
+VALUE_HEAD_AXES = {"kernel": jax.sharding.PartitionSpec(None), "bias": jax.sharding.PartitionSpec()}
+
+
 def init_value_head(hidden_size: int) -> dict:
   """A zero-initialised scalar value head: kernel [hidden_size] and bias."""
   return {"kernel": jnp.zeros((hidden_size,), jnp.float32), "bias": jnp.zeros((), jnp.float32)}
 
 
+def with_value_head(model: Model) -> Model:
+  """`model` with a value head: its own if it has one, else a zero-initialised one."""
+  head = model.params.get(VALUE_HEAD, init_value_head(model.config.hidden_size))
+  return Model(model.config, {**model.variables, "params": {**model.params, VALUE_HEAD: head}})
+
+
 def good_logit(params, buffers, config, batch, head: RewardHead):
   """logit of p(good) at every position: [B, T] float32 (z_good - z_bad, or the value head)."""
-  model_params = {k: v for k, v in params.items() if k != "value_head"}
+  model_params = {k: v for k, v in params.items() if k != VALUE_HEAD}
   out = Transformer(config).apply({"params": model_params, "buffers": buffers}, batch["tokens"],
                                   batch["positions"], batch["segment_ids"],
                                   return_hidden=head.value_head)
   if head.value_head:
-    vh = params["value_head"]
+    vh = params[VALUE_HEAD]
     return out.hidden.astype(jnp.float32) @ vh["kernel"] + vh["bias"], out.aux
   logits = out.logits.astype(jnp.float32)
   return logits[..., head.good_id] - logits[..., head.bad_id], out.aux

@@ -1,4 +1,4 @@
-"""PRM / ORM training through the common trainer (`train.py --config=configs/prm.py`).
+"""The "prm" task: PRM / ORM training through the common trainer (`train.py --config=configs/prm.py`).
 
 Reads step-labelled solutions (Math-Shepherd or TRL JSONL), encodes each as
 Math-Shepherd's `input` text with the step tags, packs them into rows with the
@@ -9,19 +9,13 @@ accuracy, balanced accuracy, AUC, log-loss) are reported before and after.
 
 from __future__ import annotations
 
-import json
-import os
-
-import jax
 import ml_collections
 import numpy as np
 
-from moe_jax import esft, input_pipeline, train_lib
-from moe_jax.hf import save_pretrained
+from moe_jax import input_pipeline, train_lib, trainable
 from moe_jax.model import Model
 from moe_jax.prm import data as prm_data
 from moe_jax.prm import reward
-from moe_jax.tokenizer import load_tokenizer
 
 
 def encode_examples(examples, tokenizer, tag: str, orm: bool, source: str = "") -> list[dict]:
@@ -37,35 +31,27 @@ def encode_examples(examples, tokenizer, tag: str, orm: bool, source: str = "") 
   return out
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """A PRM/ORM run from a config (task=prm): base model, data, train, step metrics, export.
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The "prm" task: a PRM/ORM from the base model on `prm.train_file`; step metrics, export.
 
   Returns the run's summary (metrics before and after, losses, trainable parameters).
   """
-  os.makedirs(workdir, exist_ok=True)
+  setup = train_lib.prologue(cfg, workdir)
   p = cfg.prm
-  mesh = train_lib.make_mesh(cfg)
-  tokenizer = load_tokenizer(train_lib.resolve_data_path(cfg.data.tokenizer))
-  model = train_lib.base_model(cfg, workdir, tokenizer, mesh)
   path = train_lib.resolve_data_path(p.train_file)
   examples = prm_data.read_examples(path, p.tag, p.good, p.bad)
   train_ex, eval_ex = input_pipeline.split_examples(examples, cfg.data.eval_fraction, cfg.seed)
-  model, summary = fit(cfg, workdir, model, tokenizer, train_ex, eval_ex, mesh, path)
-  if jax.process_index() == 0:
-    if cfg.export_hf:
-      save_pretrained(model, os.path.join(workdir, "hf"))
-      if p.value_head:
-        np.savez(os.path.join(workdir, "hf", "value_head.npz"),
-                 **jax.device_get(model.params["value_head"]))
-      summary["hf_dir"] = os.path.join(workdir, "hf")
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
-  return summary
+  model, spec, summary = fit(cfg, workdir, setup.model, setup.tokenizer, train_ex, eval_ex,
+                             setup.mesh, path)
+  return train_lib.epilogue(cfg, workdir, model, spec, summary, setup.tokenizer)
 
 
 def fit(cfg: ml_collections.ConfigDict, workdir: str, model: Model, tokenizer, train_ex, eval_ex,
-        mesh, source: str = "") -> tuple[Model, dict]:
-  """Trains `model` as a PRM/ORM (cfg.prm) on train_ex; step metrics on eval_ex before and after."""
+        mesh, source: str = "") -> tuple[Model, trainable.TrainableSpec, dict]:
+  """Trains `model` as a PRM/ORM (cfg.prm) on train_ex; step metrics on eval_ex before and after.
+
+  Returns the trained model (with its value head, if any), what trained, and the summary.
+  """
   p = cfg.prm
   if p.label == "hard":
     train_ex, eval_ex = ([prm_data.Example(e.question, e.steps, [float(l >= 0.5) for l in e.labels])
@@ -73,26 +59,15 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str, model: Model, tokenizer, t
   pack = lambda exs: input_pipeline.pack_fields(encode_examples(exs, tokenizer, p.tag, p.orm, source),
                                                 cfg.data.seq_len, tokenizer.pad_id)
   train_rows, eval_rows = pack(train_ex), pack(eval_ex)
-  bs = cfg.data.batch_size
-  if len(eval_rows["tokens"]) < bs:
-    raise input_pipeline.DataError(f"{source}: {len(eval_rows['tokens'])} held-out rows cannot fill a "
-                                   f"batch of {bs}; raise config.data.eval_fraction")
-  data = train_lib.Data(input_pipeline.batches(train_rows, bs, cfg.seed, True, jax.process_index(),
-                                                jax.process_count()),
-                         input_pipeline.batches(eval_rows, bs, cfg.seed, False, jax.process_index(),
-                                                jax.process_count()),
-                         len(eval_rows["tokens"]) // bs, len(train_rows["tokens"]))
+  data = train_lib.make_data(train_rows, eval_rows, cfg.data.batch_size, cfg.seed,
+                             f"{source}: the held-out solutions")
   good_id, bad_id = reward.label_ids(tokenizer, p.good, p.bad)
   head = reward.RewardHead(good_id, bad_id, p.value_head)
+  spec = trainable.from_config(cfg, model.config, lambda: train_lib.select_experts(
+      cfg, workdir, model, train_lib.score_batches(cfg, data), "the PRM data"))
   if p.value_head:
-    model = Model(model.config, {**model.variables, "params": {
-        **model.params, "value_head": reward.init_value_head(model.config.hidden_size)}})
-  if cfg.train_mode == "esft":
-    spec = train_lib.select_experts(cfg, workdir, model, data)
-  elif cfg.train_mode == "lora":
-    spec = esft.TrainableSpec("lora", lora_rank=cfg.lora.rank, lora_scale=cfg.lora.scale, seed=cfg.seed)
-  else:
-    spec = esft.TrainableSpec()
+    model = reward.with_value_head(model)
+    spec = spec.with_heads({reward.VALUE_HEAD: reward.VALUE_HEAD_AXES})
   summary = {"metrics_before": reward.metrics(*reward.score_rows(model, eval_rows, head))}
   print(f"[prm] {len(train_ex)} train / {len(eval_ex)} held-out solutions; "
         f"{'ORM' if p.orm else 'PRM'} with {p.label} labels; held-out before: "
@@ -102,7 +77,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str, model: Model, tokenizer, t
   summary.update(run)
   summary["metrics_after"] = reward.metrics(*reward.score_rows(model, eval_rows, head))
   print("[prm] held-out after: " + _fmt(summary["metrics_after"]))
-  return model, summary
+  return model, spec, summary
 
 
 def _fmt(m: dict) -> str:

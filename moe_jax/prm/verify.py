@@ -12,8 +12,8 @@ Over the first n candidates:
   * `weighted_vote`: SC + RM, argmax_a sum_i 1[a_i = a] * score_i.
   * `orm_best_of_n`, `random_choice`, `pass_at_n`: the baselines and the bound.
 
-`evaluate` gives every method's accuracy for each N; `read_candidates` reads the
-JSONL candidate file; `main` is `python -m moe_jax.prm verify`:
+`evaluate` gives every method's accuracy for each N. Candidate files are read
+by `moe_jax.prm.candidates`; `python -m moe_jax.prm verify` runs both:
 
     python -m moe_jax.prm verify --candidates cands.jsonl --max-n 64 --out acc.json
 
@@ -35,22 +35,17 @@ Conventions (each also stated where it applies):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import sys
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from moe_jax import jsonl
 
 AGGREGATIONS = ("min", "prod", "mean", "last", "max")
 # evaluate() method names: PRM best-of-N per aggregation, SC + PRM per aggregation, baselines.
 METHODS = (tuple(f"prm_{a}" for a in AGGREGATIONS) + tuple(f"prm_{a}+vote" for a in AGGREGATIONS)
            + ("majority", "orm", "orm+vote", "random", "pass@n"))
-STEP_TAG = " ки"
 
 Equal = Callable[[str, str], bool]
 
@@ -84,11 +79,6 @@ class Problem:
 def _default_equal() -> Equal:
   from moe_jax.prm.gsm8k import answers_equal  # pylint: disable=import-outside-toplevel
   return answers_equal
-
-
-def _default_extract() -> Callable[[str], str | None]:
-  from moe_jax.prm.gsm8k import extract_answer  # pylint: disable=import-outside-toplevel
-  return extract_answer
 
 
 def _check_scores(step_scores: Sequence[float], method: str) -> np.ndarray:
@@ -356,98 +346,6 @@ def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[s
   }
 
 
-def _untag(text: str) -> str:
-  """`text` without the "ки" step tag that ends each line in Math-Shepherd's layout (spec A3)."""
-  lines = [line.rstrip() for line in text.split("\n")]
-  return "\n".join(line[:-2].rstrip() if line.endswith("ки") else line for line in lines)
-
-
-def _number(v, what: str) -> float:
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-    raise ValueError(f"{what} must be a finite number, got {v!r}")
-  return float(v)
-
-
-def _read_candidate(c, j: int, extract) -> Candidate:
-  if not isinstance(c, dict):
-    raise ValueError(f"candidate {j} must be an object, got {type(c).__name__}")
-  text = c.get("text")
-  if text is not None and not isinstance(text, str):
-    raise ValueError(f"candidate {j}: 'text' must be a string")
-  if "answer" in c:
-    answer = c["answer"]
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
-      raise ValueError(f"candidate {j}: 'answer' must be a string or null, got {answer!r}")
-    answer = None if answer is None else str(answer)
-  elif text is not None:
-    answer = (extract or _default_extract())(_untag(text))
-  elif isinstance(c.get("steps"), list) and c["steps"] and all(isinstance(x, str) for x in c["steps"]):
-    answer = (extract or _default_extract())(_untag("\n".join(c["steps"])))
-  else:
-    raise ValueError(f"candidate {j} has none of 'answer', 'text' or 'steps'")
-  scores = c.get("step_scores")
-  if scores is None:
-    scores = []
-  elif not isinstance(scores, list) or not scores:
-    raise ValueError(f"candidate {j}: 'step_scores' must be a non-empty list of numbers")
-  scores = [_number(s, f"candidate {j}: step score {k}") for k, s in enumerate(scores)]
-  orm = c.get("orm_score")
-  orm = None if orm is None else _number(orm, f"candidate {j}: 'orm_score'")
-  steps = c.get("steps")
-  if steps is None:
-    steps = [] if text is None else [s.strip() for s in _untag(text).split("\n") if s.strip()]
-  elif not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
-    raise ValueError(f"candidate {j}: 'steps' must be a list of strings")
-  if scores and steps and len(scores) != len(steps):
-    raise ValueError(f"candidate {j}: {len(scores)} step scores for {len(steps)} steps")
-  return Candidate(answer=answer, step_scores=scores, orm_score=orm, steps=list(steps))
-
-
-def read_candidates(path, extract: Callable[[str], str | None] | None = None) -> list[Problem]:
-  """Problems from a JSONL file, one per line (blank lines skipped):
-
-    {"question": str, "gold": str, "candidates": [{"answer": str | null,
-     "text": str, "steps": [str], "step_scores": [float], "orm_score": float}]}
-
-  Every candidate field is optional, except that "answer" or "text" must be
-  there. Without "answer", the answer is extracted (default:
-  gsm8k.extract_answer; None when it cannot be parsed) from "text" with the
-  " ки" tags that end its lines removed; without "steps", the steps are the
-  non-blank lines of that text (Math-Shepherd's layout, spec A3). Other keys
-  are ignored. Raises ValueError naming file:line on malformed input.
-  """
-  problems = []
-  for where, obj in jsonl.records(path):
-    try:
-      if not isinstance(obj, dict):
-        raise ValueError(f"expected an object, got {type(obj).__name__}")
-      gold = obj.get("gold")
-      if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
-        raise ValueError(f"'gold' must be a string, got {gold!r}")
-      question = obj.get("question", "")
-      if not isinstance(question, str):
-        raise ValueError("'question' must be a string")
-      cands = obj.get("candidates")
-      if not isinstance(cands, list):
-        raise ValueError("'candidates' must be a list (possibly empty)")
-      candidates = [_read_candidate(c, j, extract) for j, c in enumerate(cands)]
-    except ValueError as e:
-      raise ValueError(f"{where}: {e}") from None
-    problems.append(Problem(gold=str(gold), candidates=candidates, question=question,
-                            where=where))
-  return problems
-
-
-def _powers_of_two(max_n: int) -> list[int]:
-  ns, n = [], 1
-  while n <= max_n:
-    ns.append(n)
-    n *= 2
-  if ns[-1] != max_n:
-    ns.append(max_n)
-  return ns
-
-
 def format_table(result: dict) -> str:
   """The accuracy table (percent), one row per method and one column per N, with the counts."""
   acc = result["accuracy"]
@@ -464,80 +362,3 @@ def format_table(result: dict) -> str:
     lines.append("problems with fewer than N candidates (all used): "
                  + ", ".join(f"N={n}: {k}" for n, k in short.items()))
   return "\n".join(lines)
-
-
-def _score_missing(problems: list[Problem], args) -> int:
-  """Fills in missing step scores with the PRM at --model; returns how many it scored."""
-  # pylint: disable=import-outside-toplevel
-  import moe_jax
-  from moe_jax.prm.scoring import step_scores
-  from moe_jax.tokenizer import load_tokenizer
-  model = moe_jax.from_pretrained(args.model)
-  tokenizer = load_tokenizer(args.tokenizer)
-  scored = 0
-  for p in problems:
-    todo = [c for c in p.candidates if not c.step_scores]
-    if not todo:
-      continue
-    if any(not c.steps for c in todo):
-      raise ValueError(f"{p.where}: a candidate without step_scores has no steps or text to score")
-    scores = step_scores(model, tokenizer, p.question, [c.steps for c in todo], tag=args.step_tag,
-                         good=args.good, bad=args.bad)
-    for c, s in zip(todo, scores):
-      c.step_scores = [float(x) for x in s]
-    scored += len(todo)
-  return scored
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m moe_jax.prm verify`: print (and with --out write) accuracy by method and N.
-
-  argv: the arguments after "verify" (a leading "verify" is accepted too).
-  Returns the exit status: 0, or 2 with a message on stderr for bad input.
-  """
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ["verify"]:
-    argv = argv[1:]
-  parser = argparse.ArgumentParser(
-      prog="python -m moe_jax.prm verify",
-      description="Best-of-N, self-consistency and SC + RM accuracy from scored candidates.")
-  parser.add_argument("--candidates", required=True, help="JSONL, one problem per line")
-  parser.add_argument("--max-n", type=int, default=64,
-                      help="largest N (capped at the most candidates any problem has); "
-                           "N = 1, 2, 4, ... and the cap")
-  parser.add_argument("--methods", nargs="+", default=None,
-                      help=f"any of {', '.join(METHODS)} (default: all the data allows)")
-  parser.add_argument("--out", help="write the results as JSON here")
-  parser.add_argument("--model", help="PRM (Hugging Face directory) to score candidates that "
-                                      "lack step_scores")
-  parser.add_argument("--tokenizer", default="byte",
-                      help="'byte' or a tokenizer.json / its directory (with --model)")
-  parser.add_argument("--step-tag", default=STEP_TAG, help="the PRM's step tag (with --model)")
-  parser.add_argument("--good", default="+", help="the PRM's good-step label token (with --model)")
-  parser.add_argument("--bad", default="-", help="the PRM's bad-step label token (with --model)")
-  args = parser.parse_args(argv)
-  methods = None
-  if args.methods:
-    methods = [m for spec in args.methods for m in spec.split(",") if m]
-  try:
-    if args.max_n < 1:
-      raise ValueError(f"--max-n must be positive, got {args.max_n}")
-    problems = read_candidates(args.candidates)
-    if not problems:
-      raise ValueError(f"{args.candidates}: no problems")
-    if args.model and any(not c.step_scores for p in problems for c in p.candidates):
-      print(f"scored {_score_missing(problems, args)} candidates with {args.model}")
-    most = max(len(p.candidates) for p in problems)
-    if most == 0:
-      raise ValueError(f"{args.candidates}: no problem has any candidates")
-    ns = _powers_of_two(min(args.max_n, most))
-    result = evaluate(problems, ns, methods)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(format_table(result))
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"candidates": args.candidates, "ns": ns, **result}, f, indent=2)
-    print(f"wrote {args.out}")
-  return 0

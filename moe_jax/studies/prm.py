@@ -1,6 +1,6 @@
 """An offline reproduction of Math-Shepherd's findings on ArithChain (spec E), end to end on CPU.
 
-    python -m moe_jax.prm.reproduce --out DIR [--quick]
+    python -m moe_jax.studies.prm --out DIR [--quick]
 
 1. SFT a small DeepSeekMoE on ArithChain gold solutions: a weak checkpoint,
    then a strong one trained further (generator and completer);
@@ -38,13 +38,16 @@ import ml_collections
 import numpy as np
 
 from moe_jax import config as model_config
-from moe_jax import esft, train_config, train_lib
+from moe_jax import train_config, train_lib, trainable
 from moe_jax.hf import from_pretrained, save_pretrained
 from moe_jax.metric_writers import progress
 from moe_jax.model import Model, init_variables
-from moe_jax.prm import annotate, arith, gsm8k, ppo, reward, scoring, training, verify
-from moe_jax.prm.reproduce_report import plot, report
+from moe_jax.prm import annotate, arith, gsm8k, ppo, reward, training
+from moe_jax.prm.configs import ppo_config, prm_config
 from moe_jax.prm.data import Example
+from moe_jax.studies import prm_bon
+from moe_jax.studies.prm_bon import answer
+from moe_jax.studies.prm_report import plot, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +166,7 @@ def sft(p: Plan, out: str, tok, problems: Sequence[arith.Problem]) -> tuple[Mode
     cfg = _cfg(p, steps, lr)
     cfg.data.train_files = (path,)
     data = train_lib.load_data(cfg.data, tok, cfg.seed, os.path.join(out, "data", "tfds"))
-    trained, _ = train_lib.train(cfg, os.path.join(out, "work", name), model, esft.TrainableSpec(),
+    trained, _ = train_lib.train(cfg, os.path.join(out, "work", name), model, trainable.TrainableSpec(),
                                  data, mesh, name=name)
     return trained
 
@@ -204,10 +207,6 @@ def sample(model: Model, tok, problems: Sequence[arith.Problem], n: int, tempera
   return out
 
 
-def _answer(steps: Sequence[str]) -> str | None:
-  return gsm8k.extract_answer(steps[-1]) if steps else None
-
-
 def _prompt_len(tok, problems) -> int:
   n = max(len(tok.encode(ppo.prompt_text(q.question))) + 1 for q in problems)
   return -(-n // 16) * 16
@@ -217,7 +216,7 @@ def accuracy(model: Model, tok, problems, p: Plan, prompt_len: int, temperature:
              seed: int = 0) -> float:
   """Share of problems whose sampled (greedy by default) solution ends in the right answer."""
   sols = sample(model, tok, problems, 1, temperature, seed, p, prompt_len)
-  return float(np.mean([gsm8k.answers_equal(_answer(s[0]), str(q.answer))
+  return float(np.mean([gsm8k.answers_equal(answer(s[0]), str(q.answer))
                         for s, q in zip(sols, problems)]))
 
 
@@ -259,7 +258,7 @@ def label_candidates(cands, problems, outcomes: dict, n: int, rng=None) -> list[
         o = o[rng.choice(len(o), n, replace=False)] if rng is not None else o[:n]
         he.append(float(o.any()))
         se.append(float(o.mean()))
-      last = float(gsm8k.answers_equal(_answer(steps), str(q.answer)))
+      last = float(gsm8k.answers_equal(answer(steps), str(q.answer)))
       rows.append({"problem": i, "steps": steps, "hard": he + [last], "soft": se + [last],
                    "exact": arith.oracle_labels(q, steps)})
   return rows
@@ -296,7 +295,7 @@ def _rm_cfg(p: Plan, orm: bool, label: str) -> ml_collections.ConfigDict:
   c = _cfg(p, p.rm_steps, 1e-3)
   c.task = "prm"
   c.data.seq_len = 256
-  c.prm = train_config.prm_config().prm
+  c.prm = prm_config().prm
   c.prm.update(train_file="", label=label, orm=orm)
   return c
 
@@ -317,103 +316,13 @@ def train_rms(p: Plan, out: str, strong: Model, tok, rows: list[dict], problems)
       train_ex = [e for i, e in exs if i < cut]
       eval_ex = [e for i, e in exs if i >= cut]
       cfg = _rm_cfg(p, orm, "hard" if key == "hard" else "soft")
-      model, summary = training.fit(cfg, os.path.join(out, "work", name), strong, tok, train_ex,
+      model, _, summary = training.fit(cfg, os.path.join(out, "work", name), strong, tok, train_ex,
                                     eval_ex, mesh, name)
       with open(os.path.join(out, "work", name, "summary.json"), "w") as f:
         json.dump(summary, f)
       return model
     models[name] = _model(os.path.join(out, "models", name), fit)
   return models
-
-
-# -- 4. best-of-N -------------------------------------------------------------------
-
-def score_all(rm: Model, tok, problems, cands) -> list[list[list[float]]]:
-  """The RM's step scores for every candidate; a problem's identical candidates are scored once."""
-  keys = list(dict.fromkeys((i, tuple(s)) for i, sols in enumerate(cands) for s in sols if s))
-  scores = scoring.score_solutions(rm, tok, [(problems[i].question, s) for i, s in keys],
-                                   seq_len=384, batch_size=32)
-  scored = dict(zip(keys, scores))
-  return [[scored[(i, tuple(s))] if s else [0.0] for s in sols] for i, sols in enumerate(cands)]
-
-
-def verification(problems, cands, scores: dict, ns, p: Plan) -> dict:
-  """Accuracy by method and N, with bootstrap CIs and paired differences."""
-  golds = [str(q.answer) for q in problems]
-
-  def vproblems(prm: str):
-    return [verify.Problem(g, [verify.Candidate(_answer(s), scores[prm][i][j],
-                                                orm_score=scores["orm"][i][j][-1])
-                               for j, s in enumerate(sols)])
-            for i, (g, sols) in enumerate(zip(golds, cands))]
-
-  table = {}
-  base = verify.evaluate(vproblems("prm_he"), ns, [f"prm_{a}" for a in verify.AGGREGATIONS]
-                         + ["prm_min+vote", "majority", "orm", "orm+vote", "random", "pass@n"],
-                         per_problem=True)
-  for m, v in base["hits"].items():
-    table["prm_he" + m[3:] if m.startswith("prm_") else m] = v
-  for prm in ("prm_se", "prm_oracle"):
-    r = verify.evaluate(vproblems(prm), ns, ["prm_min", "prm_min+vote"], per_problem=True)
-    table[prm + "_min"], table[prm + "_min+vote"] = r["hits"]["prm_min"], r["hits"]["prm_min+vote"]
-  rng = np.random.default_rng(0)
-  boot = rng.integers(0, len(problems), size=(p.bootstrap, len(problems)))
-  acc = {m: {n: _ci(np.asarray(h[n]), boot) for n in ns} for m, h in table.items()}
-  pairs = [("prm_he_min", "orm"), ("prm_he_min", "majority"), ("orm", "majority"),
-           ("majority", "random"), ("prm_se_min", "prm_he_min"), ("prm_oracle_min", "prm_he_min"),
-           ("prm_he_min+vote", "prm_he_min")]
-  diffs = {f"{a} - {b}": {n: _ci(np.asarray(table[a][n]) - np.asarray(table[b][n]), boot) for n in ns}
-           for a, b in pairs}
-  return {"accuracy": acc, "differences": diffs, "hits": table}
-
-
-def _ci(x: np.ndarray, boot: np.ndarray) -> list[float]:
-  """[mean, low, high] with a 95% percentile bootstrap over problems."""
-  means = x[boot].mean(1)
-  return [float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def by_k(problems, hits: dict, n: int, buckets) -> dict:
-  """Each method's accuracy at N=n within each bucket of problem lengths K."""
-  out = {}
-  for name, ks in buckets.items():
-    sel = np.asarray([q.k in ks for q in problems])
-    if sel.any():
-      out[name] = {m: float(np.asarray(h[n])[sel].mean()) for m, h in hits.items()} | {"problems": int(sel.sum())}
-  return out
-
-
-def rm_step_metrics(problems, cands, scores) -> dict:
-  """Each RM's step classification against the exact labels, over all test candidates."""
-  g = [x for i, sols in enumerate(cands) for s in sols if s for x in arith.oracle_labels(problems[i], s)]
-  out = {}
-  for name, sc in scores.items():
-    probs = [x for i, sols in enumerate(cands) for j, s in enumerate(sols) if s for x in sc[i][j]]
-    out[name] = reward.metrics(np.asarray(probs), np.asarray(g))
-  return out
-
-
-def rm_solution_metrics(problems, cands, scores) -> dict:
-  """How each RM's solution score (min over steps; the ORM's last) separates right from wrong answers.
-
-  AUC over all candidates, the mean score of right and wrong ones, and how often the
-  best-scored candidate of a problem is right where a right one exists: a verifier can
-  rank well on average and still pick badly at the top of 64.
-  """
-  right = [[gsm8k.answers_equal(_answer(s), str(q.answer)) for s in sols] for q, sols in zip(problems, cands)]
-  flat_right = np.asarray([r for rs in right for r in rs])
-  out = {}
-  for name, sc in scores.items():
-    agg = (lambda x: x[-1]) if name == "orm" else min
-    per = [[agg(x) for x in row] for row in sc]
-    flat = np.asarray([x for row in per for x in row])
-    top = [rs[int(np.argmax(row))] for rs, row in zip(right, per) if any(rs)]
-    out[name] = {"auc": reward.roc_auc(flat, flat_right),
-                 "mean_score_right": float(flat[flat_right].mean()),
-                 "mean_score_wrong": float(flat[~flat_right].mean()),
-                 "top_right_where_possible": float(np.mean(top)),
-                 "random_right_where_possible": float(np.mean([np.mean(rs) for rs in right if any(rs)]))}
-  return out
 
 
 # -- 5. PPO ---------------------------------------------------------------------------
@@ -426,7 +335,7 @@ def ppo_runs(p: Plan, out: str, strong: Model, rms: dict, tok, problems, test, p
   for name, fn in (("step_ppo", ppo.reward_model_fn(rms["prm_he"], tok, questions, "prm", "delta")),
                    ("orm_ppo", ppo.reward_model_fn(rms["orm"], tok, questions, "orm"))):
     def run(fn=fn, name=name):
-      c = train_config.ppo_config()
+      c = ppo_config()
       c.unlock()
       c.ppo.update(prompt_len=prompt_len, max_new_tokens=_max_new(6), minibatch_size=p.ppo_batch // 2,
                    epochs=2)
@@ -435,7 +344,7 @@ def ppo_runs(p: Plan, out: str, strong: Model, rms: dict, tok, problems, test, p
       c.num_train_steps = p.ppo_iters
       c.checkpoint_every = 5
       c.keep_checkpoints = 1
-      model, summary = ppo.train(c, os.path.join(out, "work", name), strong, esft.TrainableSpec(), tok,
+      model, summary = ppo.train(c, os.path.join(out, "work", name), strong, trainable.TrainableSpec(), tok,
                                  questions, fn, mesh, name=name)
       return {"accuracy": accuracy(model, tok, test, p, prompt_len),
               "history": summary["history"]}
@@ -465,7 +374,7 @@ def run_study(out: str, quick: bool) -> dict:
     if name not in timings:
       timings[name] = round(spent + time.time() - t0, 1)
       _write_json(timings_path, timings)
-    print(f"[reproduce] {name} ({timings[name]:.0f} s)", flush=True)
+    print(f"[study] {name} ({timings[name]:.0f} s)", flush=True)
 
   weak, strong = sft(p, out, tok, splits["sft"])
   stage("sft done")
@@ -473,36 +382,12 @@ def run_study(out: str, quick: bool) -> dict:
       name: {"greedy": accuracy(m, tok, splits["dev"], p, prompt_len),
              "sampled": accuracy(m, tok, splits["dev"], p, prompt_len, 1.0, 1)}
       for name, m in (("weak", weak), ("strong", strong))})
-  print(f"[reproduce] dev accuracy: {calib}")
+  print(f"[study] dev accuracy: {calib}")
   rm_cands = _json(os.path.join(out, "rm_candidates.json"), lambda: [
       [list(s) for s in dict.fromkeys(tuple(s) for s in sols if s)]  # deduplicated, as in the paper
       for sols in sample(strong, tok, splits["rm"], p.n_cand, 1.0, 11, p, prompt_len)])
   stage("candidates sampled")
-  prefixes = sorted({(i, tuple(s[:k + 1])) for i, sols in enumerate(rm_cands) for s in sols
-                     for k in range(len(s) - 1)})
-  val = [pf for pf in prefixes if pf[0] < p.n_val]
-
-  def outcomes(model, pfs, n, seed):
-    o = rollout_outcomes(model, tok, splits["rm"], pfs, n, p, seed)
-    return {"prefixes": [[i, list(s)] for i, s in pfs], "outcomes": o.tolist()}
-
-  strong_o = _json(os.path.join(out, "rollouts_strong.json"),
-                   lambda: outcomes(strong, prefixes, p.n_label, 101))
-  strong_val = _json(os.path.join(out, "rollouts_strong_val.json"),
-                     lambda: outcomes(strong, val, p.n_val_max, 202))
-  weak_val = _json(os.path.join(out, "rollouts_weak_val.json"),
-                   lambda: outcomes(weak, val, p.n_val_max, 303))
-  stage("annotation done")
-  as_map = lambda d: {(i, tuple(s)): np.asarray(o, bool) for (i, s), o in zip(d["prefixes"], d["outcomes"])}
-  rows = label_candidates(rm_cands, splits["rm"], as_map(strong_o), p.n_label)
-  val_cands = rm_cands[:p.n_val]
-  ns_label = [n for n in (1, 2, 4, 8, 16, 32) if n <= p.n_val_max]
-  labels = {"train_quality": label_quality(rows),
-            "by_n": {"strong": quality_by_n(val_cands, splits["rm"], as_map(strong_val), ns_label),
-                     "weak": quality_by_n(val_cands, splits["rm"], as_map(weak_val), ns_label)},
-            "solutions": len(rows), "prefixes": len(prefixes),
-            "right_answer_wrong_process": float(np.mean(
-                [r["hard"][-1] == 1.0 and min(r["exact"]) == 0.0 for r in rows]))}
+  rows, labels = _labels(p, out, tok, splits["rm"], rm_cands, weak, strong, stage)
   rms = train_rms(p, out, strong, tok, rows, splits["rm"])
   stage("reward models trained")
   test_cands = _json(os.path.join(out, "test_candidates.json"), lambda: sample(
@@ -511,13 +396,10 @@ def run_study(out: str, quick: bool) -> dict:
       strong, tok, splits["ood"], p.n_test_cand, 1.0, 29, p, prompt_len))
   stage("test candidates sampled")
   scores = _json(os.path.join(out, "test_scores.json"), lambda: {
-      name: score_all(m, tok, splits["test"], test_cands) for name, m in rms.items()})
+      name: prm_bon.score_all(m, tok, splits["test"], test_cands) for name, m in rms.items()})
   ood_scores = _json(os.path.join(out, "ood_scores.json"), lambda: {
-      name: score_all(m, tok, splits["ood"], ood_cands) for name, m in rms.items()})
+      name: prm_bon.score_all(m, tok, splits["ood"], ood_cands) for name, m in rms.items()})
   stage("candidates scored")
-  bon = verification(splits["test"], test_cands, scores, p.ns, p)
-  ood = verification(splits["ood"], ood_cands, scores=ood_scores, ns=p.ns, p=p)
-  n_max = p.ns[-1]
   result = {
       "quick": quick, "plan": dataclasses.asdict(p), "jax": jax.__version__,
       "max_value": arith.MAX_VALUE, "max_operand": arith.MAX_OPERAND,
@@ -526,14 +408,8 @@ def run_study(out: str, quick: bool) -> dict:
       "params": int(sum(x.size for x in jax.tree_util.tree_leaves(weak.params))),
       "calibration": calib, "labels": labels,
       "rm_summaries": {n: _rm_summary(os.path.join(out, "work", n, "summary.json")) for n in rms},
-      "rm_step_metrics": rm_step_metrics(splits["test"], test_cands, scores),
-      "rm_solution_metrics": rm_solution_metrics(splits["test"], test_cands, scores),
-      "bon": {k: v for k, v in bon.items() if k != "hits"},
-      "bon_by_k": by_k(splits["test"], bon["hits"], n_max, {"K 2-3": (2, 3), "K 4-5": (4, 5), "K 6": (6,)}),
-      "ood": {k: v for k, v in ood.items() if k != "hits"},
-      "test_candidate_accuracy": float(np.mean([gsm8k.answers_equal(_answer(s), str(q.answer))
-                                                for q, sols in zip(splits["test"], test_cands)
-                                                for s in sols])),
+      **prm_bon.measure(splits["test"], test_cands, scores, splits["ood"], ood_cands, ood_scores,
+                        p.ns, p.bootstrap),
   }
   stage("verification done")
   result["ppo"] = ppo_runs(p, out, strong, rms, tok, splits["rm"], splits["test"], prompt_len)
@@ -544,8 +420,39 @@ def run_study(out: str, quick: bool) -> dict:
   plot(result, os.path.join(out, "accuracy_vs_n.png"))
   with open(os.path.join(out, "RESULTS.md"), "w", encoding="utf-8") as f:
     f.write(report(result))
-  print(f"[reproduce] wrote {os.path.join(out, 'RESULTS.md')} in {time.time() - t0:.0f} s")
+  print(f"[study] wrote {os.path.join(out, 'RESULTS.md')} in {time.time() - t0:.0f} s")
   return result
+
+
+def _labels(p: Plan, out: str, tok, problems, rm_cands, weak: Model, strong: Model, stage):
+  """HE/SE labels of the RM-train candidates from completer rollouts (cached), and their quality
+  against the exact labels by N for the strong and the weak completer: (rows, labels)."""
+  prefixes = sorted({(i, tuple(s[:k + 1])) for i, sols in enumerate(rm_cands) for s in sols
+                     for k in range(len(s) - 1)})
+  val = [pf for pf in prefixes if pf[0] < p.n_val]
+
+  def outcomes(model, pfs, n, seed):
+    o = rollout_outcomes(model, tok, problems, pfs, n, p, seed)
+    return {"prefixes": [[i, list(s)] for i, s in pfs], "outcomes": o.tolist()}
+
+  strong_o = _json(os.path.join(out, "rollouts_strong.json"),
+                   lambda: outcomes(strong, prefixes, p.n_label, 101))
+  strong_val = _json(os.path.join(out, "rollouts_strong_val.json"),
+                     lambda: outcomes(strong, val, p.n_val_max, 202))
+  weak_val = _json(os.path.join(out, "rollouts_weak_val.json"),
+                   lambda: outcomes(weak, val, p.n_val_max, 303))
+  stage("annotation done")
+  as_map = lambda d: {(i, tuple(s)): np.asarray(o, bool) for (i, s), o in zip(d["prefixes"], d["outcomes"])}
+  rows = label_candidates(rm_cands, problems, as_map(strong_o), p.n_label)
+  val_cands = rm_cands[:p.n_val]
+  ns_label = [n for n in (1, 2, 4, 8, 16, 32) if n <= p.n_val_max]
+  labels = {"train_quality": label_quality(rows),
+            "by_n": {"strong": quality_by_n(val_cands, problems, as_map(strong_val), ns_label),
+                     "weak": quality_by_n(val_cands, problems, as_map(weak_val), ns_label)},
+            "solutions": len(rows), "prefixes": len(prefixes),
+            "right_answer_wrong_process": float(np.mean(
+                [r["hard"][-1] == 1.0 and min(r["exact"]) == 0.0 for r in rows]))}
+  return rows, labels
 
 
 def _rm_summary(path):
@@ -555,8 +462,8 @@ def _rm_summary(path):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """The command line: `python -m moe_jax.prm.reproduce --out DIR [--quick] [--report-only]`."""
-  parser = argparse.ArgumentParser(prog="python -m moe_jax.prm.reproduce", description=__doc__.split("\n")[0])
+  """The command line: `python -m moe_jax.studies.prm --out DIR [--quick] [--report-only]`."""
+  parser = argparse.ArgumentParser(prog="python -m moe_jax.studies.prm", description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="output directory (stages cached there)")
   parser.add_argument("--quick", action="store_true", help="a tiny run in a few minutes (the test)")
   parser.add_argument("--report-only", action="store_true",

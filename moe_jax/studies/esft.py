@@ -1,7 +1,7 @@
 """Reproduce the DeepSeekMoE and ESFT findings at small scale, offline, with honest numbers.
 
-    python -m moe_jax.esft.reproduce --out DIR            # the full study (~1 h on 2 CPU cores)
-    python -m moe_jax.esft.reproduce --out DIR --quick    # minutes; the test suite runs this
+    python -m moe_jax.studies.esft --out DIR            # the full study (~1 h on 2 CPU cores)
+    python -m moe_jax.studies.esft --out DIR --quick    # minutes; the test suite runs this
 
 The hypotheses, from the two papers:
   H1 fine-grained experts + shared experts beat coarse (GShard-style) experts at
@@ -16,7 +16,8 @@ The hypotheses, from the two papers:
      FFT on a coarse model (ESFT Fig. 7).
 
 Every number comes from runs made here; RESULTS.md in --out records them with
-seeds and 95% confidence intervals, and says which hypotheses held.
+seeds and 95% confidence intervals, and says which hypotheses held (written by
+`moe_jax.studies.esft_report`).
 """
 
 from __future__ import annotations
@@ -24,24 +25,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import statistics
 import time
 
 import jax
 import numpy as np
 
 from moe_jax import config as model_config
-from moe_jax import esft, input_pipeline, sharding, train_config, train_lib
-from moe_jax.esft import partition
+from moe_jax import esft, input_pipeline, sharding, train_config, train_lib, trainable
 from moe_jax.generate import generate
 from moe_jax.hf import save_pretrained
 from moe_jax.model import Model, init_variables
 from moe_jax.steps import lm_loss, make_optimizer
+from moe_jax.studies.esft_report import COARSE_METHODS, DOMAINS, METHODS, report
 from moe_jax.tokenizer import ByteTokenizer
 
-DOMAINS = ("gsm8k", "intent", "law", "arith")
 TOKENIZER = ByteTokenizer()
 
 
@@ -90,7 +88,7 @@ def build_domains(data_dir: str | None, quick: bool, seed: int = 0) -> dict:
   Other domains: 90% pretraining, 10% held out for the retention losses.
   """
   rng = np.random.default_rng(seed)
-  assets = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
+  assets = train_lib.resolve_data_path("assets:")
   full = data_dir is not None and not quick
   if full:
     gsm = _gsm8k(os.path.join(data_dir, "gsm8k", "train.jsonl"))
@@ -285,20 +283,18 @@ def routing_analysis(model: Model, rows_by_domain: dict, p: Plan, out_dir: str) 
 
 # The study -------------------------------------------------------------------------------
 
-METHODS = ("fft", "esft_token", "esft_gate", "random", "shared_only", "lora")
-COARSE_METHODS = ("fft", "esft_token", "esft_gate", "random")
 LR = {"fft": 1e-3, "esft_token": 1e-3, "esft_gate": 1e-3, "random": 1e-3, "shared_only": 1e-3,
       "lora": 3e-3}
 
 
-def _spec(method: str, model: Model, scores: esft.ExpertScores, seed: int) -> esft.TrainableSpec:
+def _spec(method: str, model: Model, scores: esft.ExpertScores, seed: int) -> trainable.TrainableSpec:
   c = model.config
   if method == "fft":
-    return esft.TrainableSpec()
+    return trainable.TrainableSpec()
   if method == "lora":
-    return esft.TrainableSpec("lora", lora_rank=8, lora_scale=2.0, seed=seed)
+    return trainable.TrainableSpec("lora", lora_rank=8, lora_scale=2.0, seed=seed)
   if method == "shared_only":
-    return esft.TrainableSpec("esft", (), shared_experts=True)
+    return trainable.TrainableSpec("esft", (), shared_experts=True)
   token = esft.select_experts(scores.token, 0.2)["experts"]
   if method == "esft_token":
     chosen = token
@@ -308,7 +304,7 @@ def _spec(method: str, model: Model, scores: esft.ExpertScores, seed: int) -> es
     rng = np.random.default_rng(1000 + seed)
     chosen = {l: sorted(rng.choice(c.n_routed_experts, len(ids), replace=False).tolist())
               for l, ids in token.items()}
-  return esft.TrainableSpec.from_expert_config({"experts": chosen}, c)
+  return trainable.TrainableSpec.from_expert_config({"experts": chosen}, c)
 
 
 def adapt(name: str, method: str, base: Model, scores, p: Plan, files: dict, eval_rows: dict,
@@ -326,9 +322,9 @@ def adapt(name: str, method: str, base: Model, scores, p: Plan, files: dict, eva
     rates = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r]
   losses = domain_losses(model, eval_rows, p.batch)
   tx = make_optimizer(cfg.optimizer, cfg.num_train_steps, spec)
-  split = esft.split(base.params, spec, base.config)
+  split = trainable.split(base.params, spec, base.config)
   opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(jax.eval_shape(tx.init, split)))
-  counts = partition.count(split, esft.labels(split, spec))
+  counts = trainable.count(split, trainable.labels(split, spec))
   adapter_dir = os.path.join(run_dir, "export")
   if spec.mode == "esft":
     esft.save_adapter(model, spec, adapter_dir)
@@ -380,7 +376,7 @@ def run_study(out: str, data_dir: str | None, quick: bool, seeds: int = 3) -> di
     model = Model(mcfg, init_variables(mcfg, 0))
     t0 = time.time()
     model, _ = train_lib.train(cfg, os.path.join(out, "runs", f"pretrain_{name}"), model,
-                               esft.TrainableSpec(), data, mesh, name=f"pretrain/{name}")
+                               trainable.TrainableSpec(), data, mesh, name=f"pretrain/{name}")
     bases[name] = model
     split = model.params
     n_total = sum(x.size for x in jax.tree_util.tree_leaves(split))
@@ -419,155 +415,9 @@ def _active_width(c: model_config.ModelConfig) -> int:
   return c.moe_intermediate_size * (c.num_experts_per_tok + (c.n_shared_experts or 0))
 
 
-# The report --------------------------------------------------------------------------------
-
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-  """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-  m = float(np.mean(values))
-  if len(values) < 2:
-    return m, 0.0
-  t = _T975.get(len(values) - 1, 1.96)
-  return m, t * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _fmt(values, digits=3, pct=False):
-  m, h = mean_ci(values)
-  scale = 100 if pct else 1
-  return f"{m * scale:.{digits}f} ± {h * scale:.{digits}f}" if h else f"{m * scale:.{digits}f}"
-
-
-def _verdict(a: list[float], b: list[float], lower_is_better: bool) -> str:
-  """'held' if a beats b beyond both CIs, 'failed' if b beats a so, else 'inconclusive'."""
-  (ma, ha), (mb, hb) = mean_ci(a), mean_ci(b)
-  if lower_is_better:
-    ma, mb = -ma, -mb
-  if ma - ha > mb + hb:
-    return "held"
-  if mb - hb > ma + ha:
-    return "failed"
-  return "inconclusive"
-
-
-def report(r: dict) -> str:
-  """RESULTS.md text from the results dict."""
-  p = r["plan"]
-  lines = ["# Small-scale reproduction of DeepSeekMoE and ESFT findings", "",
-           f"Produced by `python -m moe_jax.esft.reproduce`{' --quick' if r['quick'] else ''}; "
-           f"jax {r['jax']} on {r['devices']}. Data: "
-           f"{'the full shared datasets' if r['full_data'] else 'the samples shipped in moe_jax/assets'}. "
-           f"Byte-level tokens, rows of {p['seq_len']}, batch {p['batch']}; pretraining "
-           f"{p['pretrain_steps']} steps (one seed); adaptation {p['adapt_steps']} steps on the intent "
-           f"task, seeds {p['seeds']}. ± is a 95% t-interval over seeds.", ""]
-  pre = r["pretrain"]
-  lines += ["## H1: fine-grained + shared experts vs coarse experts vs dense (equal compute)", "",
-            "| model | params | active FFN width | " + " | ".join(f"{d} loss" for d in DOMAINS) + " | mean |",
-            "|---|---|---|" + "---|" * (len(DOMAINS) + 1)]
-  for name, v in pre.items():
-    ls = [v["losses"][d] for d in DOMAINS]
-    lines.append(f"| {name} | {v['params']:,} | {v['active_ffn_width']} | "
-                 + " | ".join(f"{x:.4f}" for x in ls) + f" | {np.mean(ls):.4f} |")
-  fine_wins = sum(pre["fine"]["losses"][d] < pre["coarse"]["losses"][d] for d in DOMAINS)
-  moe_wins = sum(min(pre["fine"]["losses"][d], pre["coarse"]["losses"][d]) < pre["dense"]["losses"][d]
-                 for d in DOMAINS)
-  h1 = ("held" if fine_wins == len(DOMAINS) else "failed" if fine_wins == 0 else "inconclusive")
-  lines += ["", f"Fine-grained beat coarse on {fine_wins}/{len(DOMAINS)} domains and an MoE beat dense "
-            f"on {moe_wins}/{len(DOMAINS)}: **H1 {h1}** (one pretraining seed per model, so no interval; "
-            f"treat small gaps as noise).", ""]
-
-  rt = r["routing"]
-  lines += ["## H2: routing concentration and task specificity (fine-grained model)", "",
-            "| domain | share of the top-K experts | uniform share | experts to reach p=0.2 | to reach p=0.5 |",
-            "|---|---|---|---|---|"]
-  for d, v in rt["concentration"].items():
-    top = [k for k in v if k.startswith("top")][0]
-    lines.append(f"| {d} | {v[top]:.3f} | {v['uniform_top_share']:.3f} | {v['experts_for_p0.2']:.2f} | "
-                 f"{v['experts_for_p0.5']:.2f} |")
-  lines += ["", "Selected experts (p=0.2) shared between two halves of the held-out data, summed over layers:",
-            "", "| pair | shared | expected by chance |", "|---|---|---|"]
-  for d, v in rt["same_task"].items():
-    lines.append(f"| {d} / {d} (same task) | {v['shared']} | {v['chance']:.2f} |")
-  for k, v in rt["cross_task"].items():
-    lines.append(f"| {k.replace('|', ' / ')} | {v['shared']} | {v['chance']:.2f} |")
-  conc = all(v[[k for k in v if k.startswith("top")][0]] > v["uniform_top_share"]
-             for v in rt["concentration"].values())
-  same_mean = np.mean([v["shared"] for v in rt["same_task"].values()])
-  cross_mean = np.mean([v["shared"] for v in rt["cross_task"].values()])
-  h2 = "held" if conc and cross_mean < same_mean else "failed"
-  lines += ["", f"Top experts hold more than a uniform share in every domain: {conc}. Mean experts shared "
-            f"within a task {same_mean:.2f}, across tasks {cross_mean:.2f}. **H2 {h2}** (concentration, and "
-            "fewer shared experts across tasks than within one). Heatmaps: `heatmap_<domain>.png`.", ""]
-
-  rows = r["adapt"]
-  def vals(model, method, key):
-    return [x[key] for x in rows if x["model"] == model and x["method"] == method]
-
-  def verdict(a, b, key):
-    if not (vals("fine", a, "seed") and vals("fine", b, "seed")):
-      return "not run"
-    return _verdict(vals("fine", a, key), vals("fine", b, key), True)
-  lines += ["## H3: adapting the fine-grained model to the intent task", "",
-            f"Base model intent exact match: {r['base_intent_em']['fine'] * 100:.1f}%.", "",
-            "| method | intent EM % | intent loss | retention Δloss (other domains) | trainable params | "
-            "experts trained | tokens/s | optimizer bytes | export bytes |",
-            "|---|---|---|---|---|---|---|---|---|"]
-  for m in METHODS:
-    if not vals("fine", m, "seed"):
-      continue
-    ex = vals("fine", m, "experts_trained")[0]
-    lines.append(f"| {m} | {_fmt(vals('fine', m, 'intent_em'), 1, True)} | {_fmt(vals('fine', m, 'intent_loss'))} | "
-                 f"{_fmt(vals('fine', m, 'retention_delta'))} | {vals('fine', m, 'trainable_params')[0]:,} | "
-                 f"{'-' if ex is None else ex} | {np.mean(vals('fine', m, 'tokens_per_s')):,.0f} | "
-                 f"{vals('fine', m, 'optimizer_bytes')[0]:,} | {vals('fine', m, 'export_bytes')[0]:,} |")
-  v_task = verdict("esft_token", "fft", "intent_loss")
-  v_ret = verdict("esft_token", "fft", "retention_delta")
-  v_rand = verdict("esft_token", "random", "intent_loss")
-  v_shared = verdict("esft_token", "shared_only", "intent_loss")
-  lines += ["", "Comparisons on intent loss and retention (ESFT-Token vs the other method; "
-            "'held' = ESFT-Token better beyond both intervals):", "",
-            f"- task loss vs FFT: {v_task} (the paper expects ESFT close to FFT, slightly worse)",
-            f"- retention vs FFT: {v_ret} (the paper expects ESFT to forget less)",
-            f"- task loss vs random experts: {v_rand} (the paper expects ESFT better)",
-            f"- task loss vs shared experts only: {v_shared} (the paper expects ESFT better)", ""]
-
-  lines += ["## H4: granularity: the same comparison on the coarse model", "",
-            "| model | method | intent EM % | intent loss | retention Δloss | trainable params |",
-            "|---|---|---|---|---|---|"]
-  gaps = {}
-  for model in ("fine", "coarse"):
-    for m in COARSE_METHODS:
-      if not vals(model, m, "seed"):
-        continue
-      lines.append(f"| {model} | {m} | {_fmt(vals(model, m, 'intent_em'), 1, True)} | "
-                   f"{_fmt(vals(model, m, 'intent_loss'))} | {_fmt(vals(model, m, 'retention_delta'))} | "
-                   f"{vals(model, m, 'trainable_params')[0]:,} |")
-    gaps[model] = [a - b for a, b in zip(vals(model, "esft_token", "intent_loss"),
-                                         vals(model, "fft", "intent_loss"))]
-  if gaps["fine"] and gaps["coarse"]:
-    lines += ["", f"ESFT-Token's intent-loss gap to FFT: fine {_fmt(gaps['fine'])}, coarse "
-              f"{_fmt(gaps['coarse'])}. Smaller gap on the fine model beyond the intervals: "
-              f"**H4 {_verdict(gaps['fine'], gaps['coarse'], True)}**.", ""]
-  else:
-    lines += ["", "**H4 not run**: the study stopped before these adaptation runs.", ""]
-  if rows and all(x["intent_em"] == 0 for x in rows):
-    lines += ["Intent exact match was 0 for every run: these byte-level models, trained for minutes, "
-              "never emit the exact gold JSON, so intent loss is the task metric that discriminates here.", ""]
-  lines += ["## Caveats", "",
-            "- Tiny byte-level models trained for minutes: absolute numbers say nothing about the papers' scale.",
-            "- One pretraining run per architecture; the seeds vary only the adaptation (data order, LoRA init, "
-            "random experts).",
-            "- Learning rates were set once per method family (FFT/ESFT 1e-3, LoRA 3e-3), not searched.",
-            "- Training used capacity factor 2.0 in every MoE model alike; dropped tokens are logged per run.",
-            "- Intent exact match uses the ESFT eval set's final queries zero-shot (the few-shot prompts do not "
-            "fit the rows).", ""]
-  return "\n".join(lines)
-
-
 def main(argv=None) -> int:
-  """The command line: `python -m moe_jax.esft.reproduce --out DIR [--quick]`."""
-  parser = argparse.ArgumentParser(prog="python -m moe_jax.esft.reproduce", description=__doc__,
+  """The command line: `python -m moe_jax.studies.esft --out DIR [--quick]`."""
+  parser = argparse.ArgumentParser(prog="python -m moe_jax.studies.esft", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True)
   parser.add_argument("--quick", action="store_true", help="tiny settings on the shipped samples")
@@ -587,7 +437,7 @@ def main(argv=None) -> int:
     return 0
   data = args.data
   if data is None:
-    guess = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+    guess = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")  # beside the checkout
     data = os.path.abspath(guess) if os.path.isdir(guess) else None
   if not args.quick and data is None:
     parser.error("the full study needs the shared datasets: pass --data or set MOE_JAX_DATA")

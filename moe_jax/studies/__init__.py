@@ -1,0 +1,9 @@
+"""Studies: the papers' claims reproduced at small scale, each one command, cached and resumable.
+
+    python -m moe_jax.studies.esft --out DIR [--quick]   # DeepSeekMoE and ESFT (docs/esft_reproduction)
+    python -m moe_jax.studies.prm --out DIR [--quick]    # Math-Shepherd (docs/prm_reproduction)
+
+Each writes RESULTS.md (every table with 95% intervals, and a held / failed /
+inconclusive verdict per claim), results.json and its plots into DIR. The
+studies sit above the library they study: nothing in moe_jax imports them.
+"""
