@@ -1,0 +1,79 @@
+"""`moe_jax.trainable`: the spec a config asks for, and task heads beside the transformer."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from moe_jax import config as C
+from moe_jax import sharding, train_config, train_lib, trainable
+from moe_jax.model import Model, init_variables
+
+CONFIG = C.tiny(num_hidden_layers=3)  # MoE layers 1 and 2, 8 experts
+HEAD = {"kernel": jax.sharding.PartitionSpec(None), "bias": jax.sharding.PartitionSpec()}
+
+
+def _cfg(mode, **esft):
+  c = train_config.base_config()
+  c.train_mode = mode
+  c.seed = 7
+  c.esft.update(esft)
+  return c
+
+
+def test_from_config_builds_each_mode(tmp_path):
+  assert trainable.from_config(_cfg("fft"), CONFIG) == trainable.TrainableSpec()
+  assert trainable.from_config(_cfg("lora"), CONFIG) == trainable.TrainableSpec(
+      "lora", lora_rank=8, lora_scale=2.0, seed=7)
+  # ESFT from a scoring callback, the config's flags applied over the dict's.
+  picked = {"experts": {"2": [5], "1": [0, 3]}, "shared_experts": False, "non_expert_modules": False}
+  spec = trainable.from_config(_cfg("esft", train_shared_experts=True), CONFIG, lambda: picked)
+  assert spec == trainable.TrainableSpec("esft", ((1, (0, 3)), (2, (5,))), shared_experts=True)
+  # ...and from a file, which wins over the callback (never called then).
+  path = tmp_path / "expert_config.json"
+  path.write_text(json.dumps({"experts": {"1": [7]}}))
+  spec = trainable.from_config(_cfg("esft", expert_config=str(path)), CONFIG,
+                               lambda: pytest.fail("scored although a file was given"))
+  assert spec.experts == ((1, (7,)),)
+
+
+def test_from_config_errors_name_the_field():
+  with pytest.raises(ValueError, match=r"config.train_mode: 'lora' is not one of \('fft', 'esft'\)"):
+    trainable.from_config(_cfg("lora"), CONFIG, modes=("fft", "esft"))
+  with pytest.raises(ValueError, match="config.esft.expert_config"):
+    trainable.from_config(_cfg("esft"), CONFIG)
+
+
+@pytest.mark.parametrize("mode", ["fft", "esft", "lora"])
+def test_a_head_trains_and_passes_through_unsplit(mode):
+  params = init_variables(CONFIG, 0)["params"]
+  head = {"kernel": np.arange(CONFIG.hidden_size, dtype=np.float32), "bias": np.float32(2.0)}
+  base = {"fft": trainable.TrainableSpec(), "lora": trainable.TrainableSpec("lora", lora_rank=2),
+          "esft": trainable.TrainableSpec("esft", ((1, (2,)),))}[mode]
+  spec = base.with_heads({"value_head": HEAD})
+  split = trainable.split({**params, "value_head": head}, spec, CONFIG)
+  assert split["value_head"] is head  # beside the transformer's tree, untouched
+  labels = trainable.labels(split, spec)
+  assert labels["value_head"] == {"kernel": "train", "bias": "train"}
+  # The transformer's leaves are labelled as without the head.
+  without = trainable.labels(trainable.split(params, base, CONFIG), base)
+  assert {k: v for k, v in labels.items() if k != "value_head"} == without
+  merged = trainable.merge(split, spec, CONFIG)
+  assert merged["value_head"] is head and set(merged) == set(params) | {"value_head"}
+  fwd, _ = trainable.for_forward(split, spec, CONFIG)
+  assert fwd["value_head"] is head
+
+
+def test_an_undeclared_top_level_parameter_is_named(tmp_path):
+  params = init_variables(CONFIG, 0)["params"]
+  model = Model(CONFIG, {"params": {**params, "value_head": {"kernel": np.zeros(CONFIG.hidden_size),
+                                                             "bias": np.float32(0)}}})
+  cfg = _cfg("fft")
+  cfg.data.batch_size = 1
+  mesh = sharding.make_mesh({"data": -1})
+  with pytest.raises(ValueError, match=r"parameters \['value_head'\] are not the model's"):
+    train_lib.start_run(cfg, str(tmp_path), model, trainable.TrainableSpec(), mesh, 1)
+  run = train_lib.start_run(cfg, str(tmp_path), model,
+                            trainable.TrainableSpec().with_heads({"value_head": HEAD}), mesh, 1)
+  assert run.summary["trainable_params"] == run.summary["total_params"]
