@@ -1,4 +1,4 @@
-"""Causal self-attention: standard multi-head (DeepSeekMoE 16B) and multi-head latent (V2/V3).
+"""Causal self-attention: multi-head (DeepSeekMoE 16B, Llama, Qwen2, Mistral) and latent (V2/V3).
 
 Both take an optional per-layer KV cache for decoding. The MLA cache holds the
 compressed latents (normalised c_kv and the rotated shared key), 576 numbers a
@@ -35,20 +35,25 @@ def init_layer_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def attention_mask(q_segments, k_segments, q_start):
-  """[B, 1, T, S] boolean mask: causal by slot and same segment.
+def attention_mask(q_segments, k_segments, q_start, causal: bool = True,
+                   window: int | None = None):
+  """[B, 1, T, S] boolean mask: causal by slot (unless not `causal`) and same segment.
 
   q_segments: [B, T] segment ids of the queries, which sit at slots q_start..q_start+T-1.
   k_segments: [B, S] segment ids of the key slots 0..S-1 (0 past the written part of a cache).
+  window: a query sees only the last `window` slots up to its own (Mistral's sliding window).
   """
   t, s = q_segments.shape[1], k_segments.shape[1]
   q_slot = q_start + jnp.arange(t)[:, None]
-  causal = jnp.arange(s)[None, :] <= q_slot  # [T, S]
+  k_slot = jnp.arange(s)[None, :]
+  allowed = k_slot <= q_slot if causal else jnp.ones((t, s), bool)  # [T, S]
+  if window is not None:
+    allowed &= k_slot > q_slot - window
   same = q_segments[:, :, None] == k_segments[:, None, :]  # [B, T, S]
-  return (causal[None] & same)[:, None]
+  return (allowed[None] & same)[:, None]
 
 
-def _attend(q, k, v, mask, scale, dtype):
+def attend(q, k, v, mask, scale, dtype):
   """Softmax attention in float32. q: [B, T, N, H], k: [B, S, N, H], v: [B, S, N, Hv]."""
   logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -71,7 +76,7 @@ def _absorb(c: ModelConfig, t: int, s: int) -> bool:
 
 
 def _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w_k, w_v, mask, scale, dtype):
-  """MLA attention on the latents, equal to _attend on the expanded keys and values.
+  """MLA attention on the latents, equal to `attend` on the expanded keys and values.
 
   q_nope: [B, T, N, nope], q_pe: [B, T, N, rope], c_kv: [B, S, R], k_pe: [B, S, rope],
   w_k: [R, N, nope], w_v: [R, N, Hv] (the two halves of kv_b_proj). Returns [B, T, N, Hv].
@@ -105,7 +110,8 @@ class Attention(nn.Module):
     """
     c = self.config
     inv_freq, attention_factor = rope_frequencies(c)
-    mask = attention_mask(q_segments, k_segments, cache_index if cache is not None else 0)
+    mask = attention_mask(q_segments, k_segments, cache_index if cache is not None else 0,
+                          window=c.sliding_window)
     if c.use_mla:
       return self._mla(x, positions, mask, cache, cache_index, inv_freq, attention_factor)
     return self._mha(x, positions, mask, cache, cache_index, inv_freq, attention_factor)
@@ -114,7 +120,7 @@ class Attention(nn.Module):
     c = self.config
     n, h = c.num_attention_heads, c.mha_head_dim
     n_kv = c.num_key_value_heads or n
-    bias = c.attention_bias
+    bias = c.qkv_bias
     q = dense(c, (n, h), (ax.EMBED, ax.HEADS, ax.KV), "q_proj", use_bias=bias)(x)
     k = dense(c, (n_kv, h), (ax.EMBED, ax.HEADS, ax.KV), "k_proj", use_bias=bias)(x)
     v = dense(c, (n_kv, h), (ax.EMBED, ax.HEADS, ax.KV), "v_proj", use_bias=bias)(x)
@@ -127,9 +133,9 @@ class Attention(nn.Module):
       new_cache = {"k": k, "v": v}
     if n_kv != n:  # grouped-query attention: each key/value head serves n // n_kv query heads
       k, v = jnp.repeat(k, n // n_kv, axis=2), jnp.repeat(v, n // n_kv, axis=2)
-    out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, H]
+    out = attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, H]
     y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),
-              use_bias=bias)(out)
+              use_bias=c.o_bias)(out)
     return y, new_cache
 
   def _mla(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor):
@@ -164,7 +170,7 @@ class Attention(nn.Module):
       k_nope, v = kv[..., :nope], kv[..., nope:]
       k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
       q = jnp.concatenate([q_nope, q_pe], axis=-1)
-      out = _attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
+      out = attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
     y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),
               use_bias=bias)(out)
     return y, new_cache

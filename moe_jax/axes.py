@@ -15,9 +15,12 @@ KV = "kv"  # per-head width H
 EXP = "exp"  # routed experts E
 Q_LORA = "q_lora"  # MLA query compression rank
 KV_LORA = "kv_lora"  # MLA key/value compression rank (+ the shared rope key)
-NORM = "norm"  # RMSNorm scales
+NORM = "norm"  # norm scales (RMSNorm, LayerNorm) and LayerNorm biases
+# Rows of a small learned lookup table (BERT's positions and token types). No sharding rule
+# names it, so it is replicated: the tables are small, and every device reads every row.
+TABLE = "table"
 # Activation axes.
 BATCH = "batch"
 LENGTH = "length"
 
-AXES = (VOCAB, EMBED, MLP, HEADS, KV, EXP, Q_LORA, KV_LORA, NORM, BATCH, LENGTH)
+AXES = (VOCAB, EMBED, MLP, HEADS, KV, EXP, Q_LORA, KV_LORA, NORM, TABLE, BATCH, LENGTH)

@@ -18,7 +18,14 @@ import json
 import os
 from typing import Any
 
-_MODEL_TYPES = ("deepseek", "deepseek_v2", "deepseek_v3")
+_DEEPSEEK = ("deepseek", "deepseek_v2", "deepseek_v3")
+_DENSE_DECODERS = ("llama", "qwen2", "mistral")  # config-only differences on the MHA path
+_ENCODERS = ("bert",)
+_MODEL_TYPES = _DEEPSEEK + _DENSE_DECODERS + _ENCODERS
+_ARCHITECTURES = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
+                  "deepseek_v3": "DeepseekV3ForCausalLM", "llama": "LlamaForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM", "bert": "BertModel"}
+_HIDDEN_ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 _SCORING_FUNCS = ("softmax", "sigmoid")
 _DISPATCHES = ("auto", "sorted", "grouped", "pallas", "ragged_dot", "dense")
@@ -39,11 +46,19 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of a DeepSeek-family model (DeepSeekMoE 2B/16B, V2, V3).
+  """Architecture of a DeepSeek-family, Llama-family or BERT-style model.
 
-  `model_type` selects the attention: "deepseek" is standard multi-head attention
-  (DeepSeekMoE 16B), "deepseek_v2"/"deepseek_v3" are multi-head latent attention.
-  `kv_lora_rank=None` also means MHA.
+  `model_type` selects the family. "deepseek" is standard multi-head attention
+  (DeepSeekMoE 16B), "deepseek_v2"/"deepseek_v3" are multi-head latent attention
+  (`kv_lora_rank=None` also means MHA). "llama", "qwen2" and "mistral" are dense
+  decoders on the same MHA path (grouped-query attention, SwiGLU, RoPE); a dense
+  model is `n_routed_experts=None`. "bert" is a bidirectional encoder
+  (`moe_jax.encoder`): post-LayerNorm, GELU MLP, learned positions and token
+  types. Any family becomes a DeepSeekMoE model by setting `n_routed_experts`:
+  its MoE layers then hold routed and shared SwiGLU experts.
+
+  The defaults are DeepSeek-V2-Lite's; build other families from a checkpoint
+  (`from_hf_dict`) or a preset (`PRESETS`), which set every field they need.
   """
 
   model_type: str = "deepseek_v2"
@@ -59,7 +74,8 @@ class ModelConfig:
   rope_theta: float = 10000.0
   rope_scaling: dict | None = None  # {"type"/"rope_type": "yarn", "factor", ...}
   rope_interleave: bool = True  # MLA: rotary pairs are (x0, x1), (x2, x3), ...
-  attention_bias: bool = False
+  attention_bias: bool = False  # q, k, v and o biases (Qwen2: q, k, v only, whatever this says)
+  sliding_window: int | None = None  # Mistral: a query sees the last `sliding_window` keys
   tie_word_embeddings: bool = False
   bos_token_id: int | None = 100000
   eos_token_id: int | None = 100001
@@ -86,6 +102,10 @@ class ModelConfig:
   routed_scaling_factor: float = 1.0
   aux_loss_alpha: float = 0.001
   seq_aux: bool = True
+  # BERT-style encoders.
+  type_vocab_size: int = 2  # token-type (segment A/B) embeddings
+  layer_norm_eps: float = 1e-12
+  hidden_act: str = "silu"  # the dense MLP's activation: SwiGLU for "silu" decoders, plain for BERT
   # Ours, not Hugging Face's.
   device_aux_loss_alpha: float = 0.0  # DeepSeekMoE Eq. 14-15; 0 disables it
   n_balance_devices: int = 1  # D in the device-level loss: experts split in D groups
@@ -114,7 +134,20 @@ class ModelConfig:
 
   @property
   def use_mla(self) -> bool:
-    return self.model_type != "deepseek" and self.kv_lora_rank is not None
+    return self.model_type in ("deepseek_v2", "deepseek_v3") and self.kv_lora_rank is not None
+
+  @property
+  def is_encoder(self) -> bool:
+    """Bidirectional (BERT-style) rather than a causal language model."""
+    return self.model_type in _ENCODERS
+
+  @property
+  def qkv_bias(self) -> bool:
+    return self.attention_bias or self.model_type == "qwen2"
+
+  @property
+  def o_bias(self) -> bool:
+    return self.attention_bias and self.model_type != "qwen2"
 
   @property
   def mha_head_dim(self) -> int:
@@ -151,7 +184,7 @@ class ModelConfig:
       raise ConfigError(f"{source}: field 'model_type' is {model_type!r}; "
                         f"moe_jax reads {', '.join(_MODEL_TYPES)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in d.items() if k in names}
+    kwargs = {k: v for k, v in d.items() if k in names and k not in OWN_FIELDS}
     # transformers 5 writes rope_parameters (with rope_theta inside) instead of
     # the original rope_scaling + rope_theta.
     rope = d.get("rope_parameters") or d.get("rope_scaling")
@@ -163,17 +196,7 @@ class ModelConfig:
       kwargs["rope_scaling"] = None if kind == "default" else rope
     elif rope is not None:
       raise ConfigError(f"{source}: field 'rope_scaling' must be an object, got {rope!r}")
-    if model_type != "deepseek":
-      kwargs.pop("head_dim", None)  # transformers writes qk_rope_head_dim here for MLA models
-    if model_type == "deepseek":
-      kwargs["kv_lora_rank"] = None  # DeepSeekMoE 16B: MHA
-      kwargs.setdefault("seq_aux", True)
-      kwargs.setdefault("aux_loss_alpha", 0.001)
-    if model_type == "deepseek_v3":
-      kwargs.setdefault("topk_method", "noaux_tc")
-      kwargs.setdefault("scoring_func", "sigmoid")
-    if model_type == "deepseek_v2":
-      kwargs.setdefault("rope_interleave", True)
+    _FAMILY_DEFAULTS[model_type](kwargs, d)
     for key in ("eos_token_id", "bos_token_id"):
       if isinstance(kwargs.get(key), list):
         kwargs[key] = kwargs[key][0]
@@ -186,29 +209,46 @@ class ModelConfig:
       raise ConfigError(f"{source}: {e}") from e
 
   def to_hf_dict(self) -> dict:
-    """The `config.json` dict transformers and DeepSeek's remote code read."""
+    """The `config.json` dict transformers (and DeepSeek's remote code) read."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     for ours in OWN_FIELDS:
       d.pop(ours)
-    arch = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
-            "deepseek_v3": "DeepseekV3ForCausalLM"}[self.model_type]
-    d["architectures"] = [arch]
+    d["architectures"] = [_ARCHITECTURES[self.model_type]]
     d["num_key_value_heads"] = self.num_key_value_heads or self.num_attention_heads
-    d["hidden_act"] = "silu"
-    d["n_group"] = self.n_group or 1
-    d["topk_group"] = self.topk_group or 1
     if self.rope_scaling is not None:
       d["rope_scaling"] = dict(self.rope_scaling)
-    if self.model_type == "deepseek":
-      for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
-                "v_head_dim", "rope_interleave", "topk_method", "n_group", "topk_group"):
+    mla = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
+           "rope_interleave")
+    routing = ("topk_method", "n_group", "topk_group")
+    if self.n_routed_experts:
+      d["n_group"] = self.n_group or 1
+      d["topk_group"] = self.topk_group or 1
+    else:  # a dense model: no MoE fields (an MoE llama or bert is ours alone)
+      for k in ("n_routed_experts", "n_shared_experts", "num_experts_per_tok",
+                "moe_intermediate_size", "first_k_dense_replace", "moe_layer_freq", "scoring_func",
+                "norm_topk_prob", "routed_scaling_factor", "aux_loss_alpha", "seq_aux") + routing:
         d.pop(k)
-      if self.head_dim is None:
-        d.pop("head_dim")
-    else:
+    if self.model_type in ("deepseek_v2", "deepseek_v3"):
       d.pop("head_dim")
+    else:  # multi-head attention
+      for k in mla + (routing if self.model_type == "deepseek" else ()):
+        d.pop(k, None)
+      if self.head_dim is None or self.is_encoder:
+        d.pop("head_dim")
     if self.model_type != "deepseek_v3":
       d.pop("rope_interleave", None)
+    if self.is_encoder:
+      for k in ("rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings",
+                "attention_bias", "sliding_window", "num_key_value_heads"):
+        d.pop(k, None)
+    else:
+      for k in ("type_vocab_size", "layer_norm_eps"):
+        d.pop(k)
+      d["hidden_act"] = "silu"
+    if self.model_type not in ("mistral",):
+      d.pop("sliding_window", None)  # an encoder's branch above has dropped it already
+    if self.model_type == "qwen2":
+      d.pop("attention_bias")
     return d
 
   @classmethod
@@ -226,6 +266,57 @@ class ModelConfig:
     return cls.from_hf_dict(d, source=path)
 
 
+
+# What a family's config.json leaves implicit (kwargs: the fields read so far; d: the raw dict).
+
+def _deepseek(kwargs: dict, d: dict) -> None:
+  model_type = d["model_type"]
+  if model_type != "deepseek":
+    kwargs.pop("head_dim", None)  # transformers writes qk_rope_head_dim here for MLA models
+  if model_type == "deepseek":
+    kwargs["kv_lora_rank"] = None  # DeepSeekMoE 16B: MHA
+    kwargs.setdefault("seq_aux", True)
+    kwargs.setdefault("aux_loss_alpha", 0.001)
+  if model_type == "deepseek_v3":
+    kwargs.setdefault("topk_method", "noaux_tc")
+    kwargs.setdefault("scoring_func", "sigmoid")
+  if model_type == "deepseek_v2":
+    kwargs.setdefault("rope_interleave", True)
+
+
+def _dense_decoder(kwargs: dict, d: dict) -> None:
+  """Llama, Qwen2, Mistral: MHA with GQA, every layer a dense SwiGLU, Llama's defaults."""
+  for key in ("kv_lora_rank", "n_routed_experts", "n_shared_experts"):
+    kwargs.setdefault(key, None)  # set only by an MoE model of this family that moe_jax wrote
+  kwargs.setdefault("rms_norm_eps", 1e-6)
+  kwargs.setdefault("initializer_range", 0.02)
+  for key in ("bos_token_id", "eos_token_id"):
+    kwargs.setdefault(key, None)
+  if d["model_type"] == "qwen2" and not d.get("use_sliding_window"):
+    kwargs["sliding_window"] = None  # Qwen2 writes a window it does not use
+  act = d.get("hidden_act", "silu")
+  if act != "silu":
+    raise ConfigError(f"field 'hidden_act': {d['model_type']} models here are SwiGLU ('silu'), got {act!r}")
+
+
+def _bert(kwargs: dict, d: dict) -> None:
+  """BERT: MHA without rotary positions, post-LayerNorm, a dense MLP of `hidden_act`."""
+  kwargs.update(kv_lora_rank=None, num_key_value_heads=None, head_dim=None, rope_scaling=None,
+                attention_bias=True, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+  for key in ("n_routed_experts", "n_shared_experts"):  # dense unless an MoE encoder (ours) says so
+    kwargs.setdefault(key, None)
+  kwargs.setdefault("hidden_act", "gelu")
+  kwargs.setdefault("initializer_range", 0.02)
+  kwargs.setdefault("pad_token_id", 0)
+  kind = d.get("position_embedding_type", "absolute")
+  if kind != "absolute":
+    raise ConfigError(f"field 'position_embedding_type': {kind!r}; moe_jax's BERT reads 'absolute'")
+
+
+_FAMILY_DEFAULTS = {**{t: _deepseek for t in _DEEPSEEK}, **{t: _dense_decoder for t in _DENSE_DECODERS},
+                    **{t: _bert for t in _ENCODERS}}
+
+
 def _validate(c: ModelConfig) -> None:
   def fail(field, msg):
     raise ConfigError(f"field {field!r}: {msg}")
@@ -237,6 +328,10 @@ def _validate(c: ModelConfig) -> None:
     v = getattr(c, name)
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
       fail(name, f"must be a positive integer, got {v!r}")
+  if c.hidden_act not in _HIDDEN_ACTS or (not c.is_encoder and c.hidden_act != "silu"):
+    fail("hidden_act", f"{c.hidden_act!r}: decoders are SwiGLU ('silu'); encoders take {_HIDDEN_ACTS}")
+  if c.sliding_window is not None and c.sliding_window < 1:
+    fail("sliding_window", f"must be a positive number of keys or None, got {c.sliding_window!r}")
   if c.topk_method not in _TOPK_METHODS:
     fail("topk_method", f"unknown method {c.topk_method!r}; expected one of {_TOPK_METHODS}")
   if c.scoring_func not in _SCORING_FUNCS:
@@ -282,14 +377,14 @@ def _validate(c: ModelConfig) -> None:
         fail("expert_split", f"layer {layer} is not a MoE layer")
       if len(set(ids)) != len(ids) or any(not 0 <= i < e for i in ids):
         fail("expert_split", f"layer {layer}: expert ids {list(ids)} are not distinct ids in 0..{e - 1}")
-  if c.model_type != "deepseek" and c.kv_lora_rank is not None:
+  if c.use_mla:
     if c.qk_rope_head_dim % 2:
       fail("qk_rope_head_dim", f"must be even for rotary embeddings, got {c.qk_rope_head_dim}")
   else:
     nkv = c.num_key_value_heads or c.num_attention_heads
     if c.num_attention_heads % nkv:
       fail("num_key_value_heads", f"{nkv} does not divide num_attention_heads={c.num_attention_heads}")
-    if c.mha_head_dim % 2:
+    if c.mha_head_dim % 2 and not c.is_encoder:  # BERT has no rotary embeddings
       fail("head_dim", f"must be even for rotary embeddings, got {c.mha_head_dim}")
 
 
@@ -347,11 +442,22 @@ def tiny(**overrides: Any) -> ModelConfig:
   return ModelConfig(**base)
 
 
+def all_minilm_l6_v2() -> ModelConfig:
+  """sentence-transformers/all-MiniLM-L6-v2: a 6-layer, 384-wide BERT (22.7M parameters)."""
+  return ModelConfig(model_type="bert", vocab_size=30522, hidden_size=384, intermediate_size=1536,
+                     num_hidden_layers=6, num_attention_heads=12, max_position_embeddings=512,
+                     type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0,
+                     initializer_range=0.02, attention_bias=True, kv_lora_rank=None,
+                     n_routed_experts=None, n_shared_experts=None, bos_token_id=None,
+                     eos_token_id=None)
+
+
 PRESETS = {
     "deepseek-moe-2b": deepseek_moe_2b,
     "deepseek-moe-16b": deepseek_moe_16b,
     "deepseek-v2-lite": deepseek_v2_lite,
     "deepseek-v3": deepseek_v3,
     "tiny": tiny,
+    "all-minilm-l6-v2": all_minilm_l6_v2,
 }
 

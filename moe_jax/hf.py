@@ -1,11 +1,12 @@
-"""Hugging Face checkpoints: read and write DeepSeek safetensors directories.
+"""Hugging Face checkpoints: read and write DeepSeek, Llama-family and BERT safetensors directories.
 
 `from_pretrained` reads `config.json` plus `model.safetensors` (or a sharded
 `model.safetensors.index.json`) written by transformers or by DeepSeek's
 original code, and `save_pretrained` writes a directory transformers loads.
 
 The name map is one function, `_tensor_map`: for every Hugging Face tensor it
-gives the variable path in our tree and how the two layouts relate. Beside
+gives the variable path in our tree and how the two layouts relate (decoders'
+names, or `BertModel`'s for encoders: `_encoder_tensor_map`). Beside
 the two directory functions, a small tensor-level API serves code that reads
 or writes some tensors only (ESFT adapters): `state_dict` (our tree as HF
 tensors), `put_tensors` (HF tensors into a model), `SafetensorsDir` (lazy
@@ -14,7 +15,11 @@ weights are [out, in]; our kernels are [in..., out...] with heads split out, so 
 weight converts as `W.T.reshape(kernel_shape)`. Routed experts are stacked
 [E, D, F] here and read from either the per-expert names
 (`mlp.experts.{e}.gate_proj.weight`) or transformers 5's fused
-`mlp.experts.gate_up_proj` / `mlp.experts.down_proj`.
+`mlp.experts.gate_up_proj` / `mlp.experts.down_proj`. An MoE encoder's FFN
+tensors take the decoders' names under its layer: `encoder.layer.{i}.mlp.gate`,
+`.mlp.shared_experts.*`, `.mlp.experts.{e}.*`. A `BertFor*` checkpoint's
+`bert.` prefix is stripped and its heads (`cls.*`, `classifier.*`) are left to
+`moe_jax.heads`.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from moe_jax import gguf
 from moe_jax.config import ConfigError, ModelConfig
-from moe_jax.model import Model, Transformer, experts_path, layer_name
+from moe_jax.layers import experts_path, layer_name
+from moe_jax.model import Model, module_for
 
 log = logging.getLogger(__name__)
 _PROJ = ("gate_proj", "up_proj", "down_proj")
@@ -123,13 +130,14 @@ class SafetensorsDir:
 class _Entry(NamedTuple):
   hf: str  # Hugging Face tensor name
   path: tuple[str, ...]  # ("params" | "buffers", module, ..., leaf)
-  n_in: int  # kernel: how many leading dims of ours are the HF input dim; 0: copied as is
+  n_in: int  # kernel: how many leading dims of ours are the HF input dim; 0: copied as is;
+  # -1: a bias, flat in HF ([N*H]) and shaped like the kernel's outputs here ([N, H])
 
 
 def _linear(hf: str, path: tuple, n_in: int = 1, bias: bool = False) -> list[_Entry]:
   entries = [_Entry(f"{hf}.weight", ("params",) + path + ("kernel",), n_in)]
   if bias:
-    entries.append(_Entry(f"{hf}.bias", ("params",) + path + ("bias",), 0))
+    entries.append(_Entry(f"{hf}.bias", ("params",) + path + ("bias",), -1))
   return entries
 
 
@@ -141,9 +149,15 @@ def _mlp(hf: str, path: tuple) -> list[_Entry]:
   return [e for p in _PROJ for e in _linear(f"{hf}.{p}", path + (p,))]
 
 
-_ROUTED = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"  # per-expert HF names
-_ROUTED_RE = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_SHARED_RE = re.compile(r"model\.layers\.\d+\.mlp\.shared_experts\.")
+_ROUTED = "{layers}.{layer}.mlp.experts.{expert}.{proj}.weight"  # per-expert HF names
+_ROUTED_RE = re.compile(r"(?:model\.layers|encoder\.layer)\.(\d+)\.mlp\.experts\.(\d+)\."
+                        r"(gate_proj|up_proj|down_proj)\.weight$")
+_SHARED_RE = re.compile(r"(?:model\.layers|encoder\.layer)\.\d+\.mlp\.shared_experts\.")
+
+
+def _layers(c: ModelConfig) -> str:
+  """The prefix of the checkpoint's layer names: decoders' `model.layers`, BERT's `encoder.layer`."""
+  return "encoder.layer" if c.is_encoder else "model.layers"
 
 
 def routed_expert(name: str) -> tuple[int, int, str] | None:
@@ -157,8 +171,21 @@ def is_shared_expert(name: str) -> bool:
   return _SHARED_RE.match(name) is not None
 
 
+def _moe_ffn(c: ModelConfig, hf: str, ours: tuple) -> list[_Entry]:
+  """An MoE layer's router and shared experts (its routed experts are read apart)."""
+  entries = _linear(f"{hf}.gate", ours + ("gate",))
+  if c.topk_method == "noaux_tc":
+    entries.append(_Entry(f"{hf}.gate.e_score_correction_bias",
+                          ("buffers",) + ours + ("e_score_correction_bias",), 0))
+  if c.n_shared_experts:
+    entries += _mlp(f"{hf}.shared_experts", ours + ("shared_experts",))
+  return entries
+
+
 def _tensor_map(c: ModelConfig) -> list[_Entry]:
   """Every non-expert tensor of the checkpoint, with where it lives in our tree."""
+  if c.is_encoder:
+    return _encoder_tensor_map(c)
   entries = [_Entry("model.embed_tokens.weight", ("params", "embed_tokens", "embedding"), 0),
              _norm("model.norm", ("norm",))]
   if not c.tie_word_embeddings:
@@ -182,23 +209,46 @@ def _tensor_map(c: ModelConfig) -> list[_Entry]:
       entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=bias)
     else:
       for p in ("q_proj", "k_proj", "v_proj"):
-        entries += _linear(f"{a}.{p}", at + (p,), bias=bias)
-      entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=bias)
+        entries += _linear(f"{a}.{p}", at + (p,), bias=c.qkv_bias)
+      entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=c.o_bias)
     m, mt = f"{hf}.mlp", ours + ("mlp",)
     if not c.is_moe_layer(i):
       entries += _mlp(m, mt)
       continue
-    entries += _linear(f"{m}.gate", mt + ("gate",))
-    if c.topk_method == "noaux_tc":
-      entries.append(_Entry(f"{m}.gate.e_score_correction_bias",
-                            ("buffers",) + mt + ("e_score_correction_bias",), 0))
-    if c.n_shared_experts:
-      entries += _mlp(f"{m}.shared_experts", mt + ("shared_experts",))
+    entries += _moe_ffn(c, m, mt)
+  return entries
+
+
+def _layer_norm(hf: str, path: tuple) -> list[_Entry]:
+  return [_norm(hf, path), _Entry(f"{hf}.bias", ("params",) + path + ("bias",), 0)]
+
+
+def _encoder_tensor_map(c: ModelConfig) -> list[_Entry]:
+  """`BertModel`'s tensors (`moe_jax.encoder`); an MoE layer's FFN under `encoder.layer.{i}.mlp`."""
+  emb = "embeddings"
+  entries = [_Entry(f"{emb}.word_embeddings.weight", ("params", "embed_tokens", "embedding"), 0),
+             _Entry(f"{emb}.position_embeddings.weight", ("params", "embed_positions", "embedding"), 0),
+             _Entry(f"{emb}.token_type_embeddings.weight", ("params", "embed_types", "embedding"), 0)]
+  entries += _layer_norm(f"{emb}.LayerNorm", ("embed_norm",))
+  entries += _linear("pooler.dense", ("pooler",), bias=True)
+  for i in range(c.num_hidden_layers):
+    hf, ours = f"encoder.layer.{i}", (layer_name(i),)
+    for theirs, p in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+      entries += _linear(f"{hf}.attention.self.{theirs}", ours + ("self_attn", p), bias=True)
+    entries += _linear(f"{hf}.attention.output.dense", ours + ("self_attn", "o_proj"), n_in=2,
+                       bias=True)
+    entries += _layer_norm(f"{hf}.attention.output.LayerNorm", ours + ("post_attention_layernorm",))
+    entries += _layer_norm(f"{hf}.output.LayerNorm", ours + ("post_mlp_layernorm",))
+    if c.is_moe_layer(i):
+      entries += _moe_ffn(c, f"{hf}.mlp", ours + ("mlp",))
+    else:
+      entries += _linear(f"{hf}.intermediate.dense", ours + ("mlp", "up_proj"), bias=True)
+      entries += _linear(f"{hf}.output.dense", ours + ("mlp", "down_proj"), bias=True)
   return entries
 
 
 def _to_ours(w: np.ndarray, shape: tuple, n_in: int) -> np.ndarray:
-  if n_in == 0:
+  if n_in <= 0:
     return w.reshape(shape)
   return w.T.reshape(shape)
 
@@ -206,6 +256,8 @@ def _to_ours(w: np.ndarray, shape: tuple, n_in: int) -> np.ndarray:
 def _to_hf(x: np.ndarray, n_in: int) -> np.ndarray:
   if n_in == 0:
     return x
+  if n_in < 0:
+    return x.reshape(-1)
   return x.reshape(math.prod(x.shape[:n_in]), -1).T
 
 
@@ -225,7 +277,7 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 def _read_experts(ckpt: SafetensorsDir, c: ModelConfig, i: int, used: set[str]) -> dict:
   """Stacked {gate_proj, up_proj: [E, D, F], down_proj: [E, F, D]} for MoE layer i."""
-  pre = f"model.layers.{i}.mlp.experts"
+  pre = f"{_layers(c)}.{i}.mlp.experts"
   e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
   if f"{pre}.gate_up_proj" in ckpt:  # transformers 5 in-memory layout
     gu, down = ckpt.get(f"{pre}.gate_up_proj"), _require(ckpt, f"{pre}.down_proj")
@@ -238,7 +290,7 @@ def _read_experts(ckpt: SafetensorsDir, c: ModelConfig, i: int, used: set[str]) 
   for proj, hf_shape in zip(_PROJ, ((f, d), (f, d), (d, f))):
     stack = []
     for j in range(e):
-      name = _ROUTED.format(layer=i, expert=j, proj=proj)
+      name = _ROUTED.format(layers=_layers(c), layer=i, expert=j, proj=proj)
       w = _require(ckpt, name)
       _check_shape(name, w.shape, hf_shape)
       stack.append(w.T)
@@ -258,33 +310,70 @@ def _check_shape(name: str, got: tuple, want: tuple) -> None:
     raise CheckpointError(f"tensor {name!r} has shape {tuple(got)}, the config expects {tuple(want)}")
 
 
-_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # recomputed from the config
+# Recomputed from the config: rotary frequencies, BERT's position ids (older transformers saved them).
+_IGNORED = re.compile(r".*(rotary_emb\.inv_freq|embeddings\.position_ids)$")
+_BERT_HEADS = ("cls.", "classifier.")  # BertFor* task heads: moe_jax.heads reads `classifier.*`
+
+
+def _bert_tensors(ckpt, c: ModelConfig, path: str) -> dict[str, np.ndarray]:
+  """BertModel's tensors (memory-mapped): a `BertFor*` class's `bert.` prefix stripped where every
+  model tensor has it, heads set aside, a missing pooler (BertForTokenClassification and
+  BertForMaskedLM save none) initialised as transformers does."""
+  heads = sorted(k for k in ckpt.keys() if k.startswith(_BERT_HEADS))
+  if heads:
+    log.warning("%s: not loading %d task-head tensors (%s); moe_jax.heads.heads_from_hf reads "
+                "a classifier", path, len(heads), ", ".join(heads[:3]))
+  body = [k for k in ckpt.keys() if not k.startswith(_BERT_HEADS)]
+  strip = bool(body) and all(k.startswith("bert.") for k in body)
+  tensors = {(k[len("bert."):] if strip else k): ckpt.get(k) for k in body}
+  if "pooler.dense.weight" not in tensors and "pooler.dense.bias" not in tensors:
+    log.warning("%s: no pooler in the checkpoint; initialising it at random (as transformers does): "
+                "`pooled` means nothing until it is trained", path)
+    d = c.hidden_size
+    tensors["pooler.dense.weight"] = np.random.default_rng(0).normal(
+        0, c.initializer_range, (d, d)).astype(np.float32)
+    tensors["pooler.dense.bias"] = np.zeros((d,), np.float32)
+  return tensors
+
+
+def _open(path: str) -> tuple[ModelConfig, SafetensorsDir | dict]:
+  """The config and a tensor source (keys(), `in`, get(name)) of a directory or a GGUF file."""
+  if path.endswith(".gguf") and os.path.isfile(path):
+    ckpt = gguf.read(path)  # dequantised, in Hugging Face names and layouts
+    return ModelConfig.from_hf_dict(ckpt.config, source=path), ckpt.tensors
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: not a directory or a .gguf file (pass a local Hugging Face "
+                          "model directory or a GGUF file)")
+  return ModelConfig.from_json_file(os.path.join(path, "config.json")), SafetensorsDir(path)
 
 
 def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None,
                     **config_overrides) -> Model:
-  """Loads a DeepSeek-family Hugging Face directory (config.json + safetensors).
+  """Loads a Hugging Face directory (config.json + safetensors) or a GGUF file.
+
+  Directories hold a DeepSeek-family, Llama-family or BERT checkpoint; a GGUF
+  file (`moe_jax.gguf`: Llama architecture, quantised weights dequantised) reads
+  the same way, its tokenizer through `moe_jax.tokenizer.load_tokenizer(path)`.
 
   Args:
-    path: the local directory.
+    path: the local directory or .gguf file.
     dtype: activation dtype (jnp.float32 or jnp.bfloat16).
     param_dtype: weight dtype; defaults to `dtype`.
     **config_overrides: ModelConfig fields to change, e.g. dispatch="dense".
   """
   path = os.fspath(path)
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: not a directory (pass a local Hugging Face model directory)")
-  c = ModelConfig.from_json_file(os.path.join(path, "config.json"))
+  c, ckpt = _open(path)
+  if c.is_encoder:
+    ckpt = _bert_tensors(ckpt, c, path)
   try:
     c = c.replace(dtype=jnp.dtype(dtype).name, param_dtype=jnp.dtype(param_dtype or dtype).name,
                   **config_overrides)
   except TypeError as e:
     raise ConfigError(f"from_pretrained: {e}") from e
-  ckpt = SafetensorsDir(path)
   scales = sorted(k for k in ckpt.keys() if k.endswith("_scale_inv"))
   if scales:
     raise CheckpointError(f"{path}: FP8 checkpoint (e.g. {scales[0]!r}); dequantize it to bf16 first")
-  shapes = jax.eval_shape(lambda: Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  shapes = jax.eval_shape(lambda: module_for(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
   variables: dict = {}
   used: set[str] = set()
   for entry in _tensor_map(c):
@@ -336,7 +425,7 @@ def state_dict(model: Model) -> Iterator[tuple[str, np.ndarray]]:
     for proj in _PROJ:
       stack = np.asarray(experts[proj])
       for j in range(c.n_routed_experts):
-        yield _ROUTED.format(layer=i, expert=j, proj=proj), stack[j].T
+        yield _ROUTED.format(layers=_layers(c), layer=i, expert=j, proj=proj), stack[j].T
 
 
 def put_tensors(model: Model, tensors: Iterable[tuple[str, np.ndarray]], source: str = "") -> Model:

@@ -1,4 +1,8 @@
-"""Building blocks shared by attention, MoE and the model: norms, SwiGLU, rotary embeddings.
+"""Building blocks shared by attention, MoE and the models: norms, SwiGLU, rotary embeddings.
+
+Also the names every model family gives its layers (`layer_name`, `experts_path`),
+so the decoder, the encoder and the code that finds experts in a parameter tree
+(ESFT, the trainers, sharding, checkpoints) agree on them.
 
 Dimension letters (used throughout moe_jax): B batch, T sequence, D model width,
 N attention heads, H per-head width, E routed experts, K experts per token,
@@ -17,6 +21,21 @@ import numpy as np
 
 from moe_jax import axes as ax
 from moe_jax.config import ModelConfig
+
+
+def layer_name(i: int) -> str:
+  """The module name of layer i: its variables live under `variables[...][layer_name(i)]`."""
+  return f"layers_{i}"
+
+
+def experts_path(i: int) -> tuple[str, str, str]:
+  """Where MoE layer i's routed experts live in the parameter tree: the keys from params down."""
+  return (layer_name(i), "mlp", "experts")
+
+
+# What a rematerialised layer keeps for the backward pass (ModelConfig.remat).
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def dense_init(config: ModelConfig, axes: Sequence[str | None]):

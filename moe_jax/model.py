@@ -1,12 +1,16 @@
-"""The DeepSeek-family causal language model and the `Model` handle users hold.
+"""The causal language model (DeepSeek and Llama families) and the `Model` handle users hold.
 
 `Transformer` is the Flax module: embedding, `num_hidden_layers` pre-norm decoder
 layers (attention, then a dense SwiGLU for the first `first_k_dense_replace`
 layers and a DeepSeekMoE block after), a final norm and the output head.
+BERT-style encoders are `moe_jax.encoder.Encoder`; `module_for(config)` picks
+the module a config describes, and everything generic (initialisation,
+`Model.apply`, `logical_axes`, checkpoints) goes through it.
 
 `Model` pairs a config with its variables ({"params"} plus, for V3, the router
 bias under {"buffers"}) and is what `from_pretrained`, `save_pretrained` and
-`generate` take: `model(input_ids)` returns logits.
+`generate` take: `model(input_ids)` returns logits (a decoder) or the final
+hidden states (an encoder).
 
 Dimension letters, used in every module's shapes and comments:
   B batch, T sequence (queries), S keys (the cache's length), D model width,
@@ -30,8 +34,9 @@ import jax.numpy as jnp
 from moe_jax import axes as ax
 from moe_jax.attention import Attention, init_layer_cache
 from moe_jax.config import ModelConfig
-from moe_jax.layers import SwiGLU, dense, rms_norm
-from moe_jax.moe import MoE, MoEAux
+from moe_jax.encoder import Encoder, EncoderOutput
+from moe_jax.layers import REMAT_POLICIES, SwiGLU, dense, layer_name, rms_norm
+from moe_jax.moe import MoE, MoEAux, sum_aux
 
 
 @flax.struct.dataclass
@@ -62,11 +67,6 @@ class DecoderLayer(nn.Module):
     else:
       h, aux = SwiGLU(c, c.intermediate_size, name="mlp")(h), None
     return x + h, aux, new_cache
-
-
-# What a rematerialised layer keeps for the backward pass (ModelConfig.remat).
-_REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
-                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 class Transformer(nn.Module):
@@ -106,7 +106,7 @@ class Transformer(nn.Module):
     split = None if c.expert_split is None else dict(c.expert_split)
     layer_cls = DecoderLayer
     if c.remat != "none" and cache is None:  # decoding has no backward pass
-      layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[c.remat])
+      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat])
     new_layers, auxes = [], []
     for i in range(c.num_hidden_layers):
       layer_cache = None if cache is None else cache["layers"][i]
@@ -125,29 +125,8 @@ class Transformer(nn.Module):
     if cache is not None:
       new_cache = {"index": start + t, "segment_ids": k_segments, "layers": tuple(new_layers)}
     chex.assert_shape(logits, (b, t, c.vocab_size))
-    return Output(logits=logits, aux=_sum_aux(auxes, c), cache=new_cache,
+    return Output(logits=logits, aux=sum_aux(auxes, c.n_routed_experts), cache=new_cache,
                   hidden=x if return_hidden else None)
-
-
-def _sum_aux(auxes: list[MoEAux], c: ModelConfig) -> MoEAux:
-  if not auxes:
-    zero = jnp.zeros((), jnp.float32)
-    return MoEAux(zero, zero, jnp.zeros((0, c.n_routed_experts or 0), jnp.int32),
-                  jnp.zeros((), jnp.int32))
-  return MoEAux(balance_loss=sum(a.balance_loss for a in auxes),
-                device_balance_loss=sum(a.device_balance_loss for a in auxes),
-                expert_counts=jnp.stack([a.expert_counts for a in auxes]),
-                dropped=sum(a.dropped for a in auxes))
-
-
-def layer_name(i: int) -> str:
-  """The module name of decoder layer i: its variables live under `variables[...][layer_name(i)]`."""
-  return f"layers_{i}"
-
-
-def experts_path(i: int) -> tuple[str, str, str]:
-  """Where MoE layer i's routed experts live in the parameter tree: the keys from params down."""
-  return (layer_name(i), "mlp", "experts")
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
@@ -158,16 +137,29 @@ def init_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
                           for _ in range(config.num_hidden_layers))}
 
 
+def module_for(config: ModelConfig) -> nn.Module:
+  """The Flax module a config describes: `Encoder` for BERT-style configs, else `Transformer`."""
+  return Encoder(config) if config.is_encoder else Transformer(config)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "return_hidden"))
 def _forward(config, variables, input_ids, positions=None, segment_ids=None, cache=None,
-             return_hidden=False):
+             return_hidden=False, token_type_ids=None):
+  if config.is_encoder:
+    return Encoder(config).apply(variables, input_ids, positions, segment_ids, cache,
+                                 token_type_ids=token_type_ids)
   return Transformer(config).apply(variables, input_ids, positions, segment_ids, cache,
                                    return_hidden)
 
 
 @dataclasses.dataclass
 class Model:
-  """A config and its variables; `model(input_ids)` returns logits [B, T, V]."""
+  """A config and its variables.
+
+  `model(input_ids)` returns a decoder's logits [B, T, V], or an encoder's
+  final hidden states [B, T, D] (`config.is_encoder`); `model.apply` returns the
+  whole `Output` or `EncoderOutput` (with the pooled [B, D] and the MoE aux).
+  """
 
   config: ModelConfig
   variables: dict  # {"params": ..., "buffers": ...(V3 only)}
@@ -177,17 +169,29 @@ class Model:
     return self.variables["params"]
 
   @property
-  def module(self) -> Transformer:
-    return Transformer(self.config)
+  def module(self) -> nn.Module:
+    return module_for(self.config)
 
   def __call__(self, input_ids, **kwargs) -> jax.Array:
-    return self.apply(input_ids, **kwargs).logits
+    out = self.apply(input_ids, **kwargs)
+    return out.hidden if self.config.is_encoder else out.logits
 
   def apply(self, input_ids, positions=None, segment_ids=None, cache=None,
-            return_hidden=False) -> Output:
-    """The full forward pass (jit-compiled): logits, MoE aux, cache, hidden states."""
+            return_hidden=False, token_type_ids=None) -> Output | EncoderOutput:
+    """The full forward pass (jit-compiled).
+
+    A decoder returns `Output` (logits, MoE aux, cache, hidden states when
+    `return_hidden`); an encoder returns `EncoderOutput` (hidden states, pooled,
+    MoE aux) and takes `token_type_ids` [B, T] (segment A/B; default zeros),
+    which a decoder refuses.
+    """
+    if token_type_ids is not None:
+      if not self.config.is_encoder:
+        raise ValueError(f"token_type_ids: a {self.config.model_type!r} decoder has no token "
+                         "types (they are BERT's segment A/B embeddings)")
+      token_type_ids = jnp.asarray(token_type_ids, jnp.int32)
     return _forward(self.config, self.variables, jnp.asarray(input_ids, jnp.int32), positions,
-                    segment_ids, cache, return_hidden)
+                    segment_ids, cache, return_hidden, token_type_ids)
 
 
 def init_variables(config: ModelConfig, rng: jax.Array | int = 0) -> dict:
@@ -195,7 +199,7 @@ def init_variables(config: ModelConfig, rng: jax.Array | int = 0) -> dict:
   if isinstance(rng, int):
     rng = jax.random.key(rng)
   dummy = jnp.zeros((1, 1), jnp.int32)
-  variables = jax.jit(Transformer(config).init)(rng, dummy)
+  variables = jax.jit(module_for(config).init)(rng, dummy)
   variables = flax.core.unfreeze(nn.meta.unbox(variables))
   variables.pop("intermediates", None)  # the router's sown outputs, not state
   return variables
@@ -208,5 +212,5 @@ def init_model(config: ModelConfig, seed: int = 0) -> Model:
 
 def logical_axes(config: ModelConfig) -> dict:
   """The logical axis names of every variable, as a tree shaped like the variables."""
-  boxed = jax.eval_shape(Transformer(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  boxed = jax.eval_shape(module_for(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
   return nn.get_partition_spec(boxed)

@@ -58,6 +58,18 @@ class MoEAux:
   dropped: jax.Array  # int32 scalar: assignments dropped by the capacity limit
 
 
+def sum_aux(auxes: list[MoEAux], n_routed_experts: int | None) -> MoEAux:
+  """A model's MoEAux: losses and drops summed over its MoE layers, counts stacked [L_moe, E]."""
+  if not auxes:  # a dense model: zeros, so losses add the same code path's terms
+    zero = jnp.zeros((), jnp.float32)
+    return MoEAux(zero, zero, jnp.zeros((0, n_routed_experts or 0), jnp.int32),
+                  jnp.zeros((), jnp.int32))
+  return MoEAux(balance_loss=sum(a.balance_loss for a in auxes),
+                device_balance_loss=sum(a.device_balance_loss for a in auxes),
+                expert_counts=jnp.stack([a.expert_counts for a in auxes]),
+                dropped=sum(a.dropped for a in auxes))
+
+
 # Routing ---------------------------------------------------------------------
 
 def route(logits, config: ModelConfig, bias=None):

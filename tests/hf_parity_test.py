@@ -389,7 +389,7 @@ def test_malformed_config(bad_dir):
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("model_type", "llama", ["model_type", "llama"]),
+    ("model_type", "gpt_neox", ["model_type", "gpt_neox"]),
     ("topk_method", "top_p", ["topk_method", "top_p"]),
     ("scoring_func", "tanh", ["scoring_func", "tanh"]),
     ("num_experts_per_tok", E + 1, ["num_experts_per_tok", f"n_routed_experts={E}"]),

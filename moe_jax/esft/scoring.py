@@ -15,13 +15,14 @@ import jax
 import numpy as np
 
 from moe_jax.esft.selection import ExpertScores, ScoreAccumulator
-from moe_jax.model import Model, Transformer, layer_name
+from moe_jax.layers import layer_name
+from moe_jax.model import Model, module_for
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _routing(config, variables, tokens, positions, segment_ids):
-  _, state = Transformer(config).apply(variables, tokens, positions, segment_ids,
-                                       mutable=["intermediates"])
+  _, state = module_for(config).apply(variables, tokens, positions, segment_ids,
+                                     mutable=["intermediates"])
   inter = state["intermediates"]
   return {layer: inter[layer_name(layer)]["mlp"]["routing"][0] for layer in config.moe_layers}
 
