@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from moe_jax.studies import esft as reproduce
-from moe_jax.studies import esft_report
+from moe_jax.studies import stats
 
 
 def test_quick_study(tmp_path, repo_root):
@@ -55,8 +55,8 @@ def test_intent_scoring_ignores_spacing_and_slot_order():
 
 
 def test_confidence_interval_by_hand():
-  m, h = esft_report.mean_ci([1.0, 2.0, 3.0])
+  m, h = stats.mean_ci([1.0, 2.0, 3.0])
   assert m == 2.0 and abs(h - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
-  assert esft_report._verdict([1.0, 1.1, 0.9], [5.0, 5.1, 4.9], lower_is_better=True) == "held"
-  assert esft_report._verdict([5.0, 5.1, 4.9], [1.0, 1.1, 0.9], lower_is_better=True) == "failed"
-  assert esft_report._verdict([1.0, 3.0, 2.0], [2.0, 2.5, 1.5], lower_is_better=True) == "inconclusive"
+  assert stats.verdict([1.0, 1.1, 0.9], [5.0, 5.1, 4.9], lower_is_better=True) == "held"
+  assert stats.verdict([5.0, 5.1, 4.9], [1.0, 1.1, 0.9], lower_is_better=True) == "failed"
+  assert stats.verdict([1.0, 3.0, 2.0], [2.0, 2.5, 1.5], lower_is_better=True) == "inconclusive"

@@ -7,43 +7,15 @@ can be rewritten without rerunning anything
 
 from __future__ import annotations
 
-import math
-import statistics
-
 import numpy as np
+
+from moe_jax.studies.stats import fmt, verdict
 
 DOMAINS = ("gsm8k", "intent", "law", "arith")
 METHODS = ("fft", "esft_token", "esft_gate", "random", "shared_only", "lora")
 COARSE_METHODS = ("fft", "esft_token", "esft_gate", "random")
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-  """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-  m = float(np.mean(values))
-  if len(values) < 2:
-    return m, 0.0
-  t = _T975.get(len(values) - 1, 1.96)
-  return m, t * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _fmt(values, digits=3, pct=False):
-  m, h = mean_ci(values)
-  scale = 100 if pct else 1
-  return f"{m * scale:.{digits}f} ± {h * scale:.{digits}f}" if h else f"{m * scale:.{digits}f}"
-
-
-def _verdict(a: list[float], b: list[float], lower_is_better: bool) -> str:
-  """'held' if a beats b beyond both CIs, 'failed' if b beats a so, else 'inconclusive'."""
-  (ma, ha), (mb, hb) = mean_ci(a), mean_ci(b)
-  if lower_is_better:
-    ma, mb = -ma, -mb
-  if ma - ha > mb + hb:
-    return "held"
-  if mb - hb > ma + ha:
-    return "failed"
-  return "inconclusive"
+_fmt, _verdict = fmt, verdict
 
 
 def _vals(r: dict, model: str, method: str, key: str) -> list:
