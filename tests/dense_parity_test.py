@@ -14,7 +14,6 @@ offline by transformers' `save_pretrained`; the tests check
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -22,6 +21,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moe_jax  # noqa: E402
+from parity_util import checkpoint_cache  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 VOCAB = 101
 SHAPES = ((1, 9), (2, 14))
@@ -57,27 +59,10 @@ def _hf_model(family: str, fields: dict, seed: int = 0):
   return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _full_precision_matmuls():
-  with jax.default_matmul_precision("highest"):
-    yield
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
   """name -> (torch model, saved directory, moe_jax model), built once per module."""
-  cache = {}
-
-  def get(name):
-    if name not in cache:
-      family, fields = CASES[name]
-      ref = _hf_model(family, fields)
-      path = tmp_path_factory.mktemp(name)
-      ref.save_pretrained(path)
-      cache[name] = (ref, path, moe_jax.from_pretrained(path))
-    return cache[name]
-
-  return get
+  return checkpoint_cache(tmp_path_factory, lambda name: _hf_model(*CASES[name]))
 
 
 def _ids(shape, seed):

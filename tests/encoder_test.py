@@ -44,10 +44,7 @@ _BERT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attentio
              intermediate_size=48, max_position_embeddings=MAX_POS, type_vocab_size=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _full_precision_matmuls():
-  with jax.default_matmul_precision("highest"):
-    yield
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 def _randomize(model, seed: int = 0):

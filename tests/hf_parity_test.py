@@ -38,6 +38,9 @@ from transformers import (AutoModelForCausalLM, DeepseekV2Config,  # noqa: E402
                           DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM)
 
 import moe_jax  # noqa: E402
+from parity_util import checkpoint_cache  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 VOCAB = 96
 E = 8  # routed experts in every case
@@ -103,28 +106,10 @@ def _hf_model(kind: str, fields: dict, seed: int = 0):
   return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _full_precision_matmuls():
-  """1e-5 parity needs true float32 matmuls; GPUs and TPUs otherwise may use TF32/bf16 passes."""
-  with jax.default_matmul_precision("highest"):
-    yield
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
   """name -> (torch model, saved directory, moe_jax model), built once per module."""
-  cache = {}
-
-  def get(name):
-    if name not in cache:
-      kind, fields = CASES[name]
-      ref = _hf_model(kind, fields)
-      path = tmp_path_factory.mktemp(name)
-      ref.save_pretrained(path)
-      cache[name] = (ref, path, moe_jax.from_pretrained(path))
-    return cache[name]
-
-  return get
+  return checkpoint_cache(tmp_path_factory, lambda name: _hf_model(*CASES[name]))
 
 
 def _ids(shape, seed):
