@@ -1,6 +1,6 @@
 """What the classification numbers mean: MiniLM fine-tuned vs an MoE encoder vs bag-of-words.
 
-    python -m moe_jax.studies.classification --out docs/classification          # ~1 h on 2 cores
+    python -m moe_jax.studies.classification --out docs/classification          # ~45 min, 2 cores
     python -m moe_jax.studies.classification --out DIR --quick                   # a minute; a test
 
 On each real set (`moe_jax.classify.datasets`: tweets, reviews, intent, and
@@ -55,7 +55,7 @@ class Plan:
 def plan(quick: bool) -> Plan:
   if quick:
     return Plan(("tweets",), 2, 120, 45, 6, 8, 32, True)
-  return Plan(("tweets", "reviews", "intent", "reuters"), 3, 2000, 500, 150, 16, 64, False)
+  return Plan(("tweets", "reviews", "intent", "reuters"), 3, 1600, 400, 100, 16, 48, False)
 
 
 def available_sets(p: Plan) -> tuple[str, ...]:
