@@ -45,9 +45,19 @@ def test_quick_study_writes_results_and_reuses_its_runs(tmp_path, monkeypatch):
   for r in runs:
     assert 0 <= r["accuracy"] <= 1 and r["examples"] == results["plan"]["eval_examples"]
   text = (tmp_path / "RESULTS.md").read_text()
-  assert "| tweets | fine-tuned MiniLM beats bag-of-words | accuracy |" in text
+  assert "| tweets | fine-tuned MiniLM beats bag-of-words |" in text
   # A second call trains nothing: every run is read back from its cache.
   monkeypatch.setattr(classification.task, "run", lambda *a: pytest.fail("retrained a cached run"))
   again = classification.run_study(str(tmp_path), quick=True)
   assert again["runs"] == runs
   assert json.loads((tmp_path / "results.json").read_text())["runs"] == runs
+
+
+def test_accuracy_interval_and_claims_by_hand():
+  m, h = classification_report.accuracy_interval([0.7, 0.8, 0.9], 100)
+  seeds = 4.303 * 0.1 / 3 ** 0.5  # t(2) x stdev / sqrt(3)
+  test = 1.96 * (0.8 * 0.2 / 100) ** 0.5
+  assert m == pytest.approx(0.8) and h == pytest.approx((seeds ** 2 + test ** 2) ** 0.5)
+  assert classification_report._claim((0.80, 0.03), (0.70, 0.04)) == "held"  # 0.10 > 0.05
+  assert classification_report._claim((0.70, 0.03), (0.80, 0.04)) == "failed"
+  assert classification_report._claim((0.74, 0.03), (0.70, 0.04)) == "inconclusive"  # 0.04 < 0.05
