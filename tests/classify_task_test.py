@@ -60,19 +60,29 @@ def _config(files, family: str, mode: str):
   return c
 
 
-@pytest.mark.parametrize("family,lr", [("bert", 1e-3), ("tiny", 3e-3)])
-def test_fft_learns_the_keyword_task(files, tmp_path, family, lr):
-  c = _config(files, family, "fft")
-  c.optimizer.learning_rate = lr
-  summary = task.run(c, str(tmp_path))
+@pytest.fixture(scope="module")
+def bert_run(files, tmp_path_factory):
+  """A tiny BERT fine-tuned (FFT) on the keyword task: (workdir, summary), shared by two tests."""
+  workdir = tmp_path_factory.mktemp("bert_fft")
+  c = _config(files, "bert", "fft")
+  c.optimizer.learning_rate = 1e-3
+  return workdir, task.run(c, str(workdir))
+
+
+@pytest.mark.parametrize("family", ["bert", "tiny"])
+def test_fft_learns_the_keyword_task(files, tmp_path, bert_run, family):
+  if family == "bert":
+    workdir, summary = bert_run
+  else:
+    workdir, summary = tmp_path, task.run(_config(files, family, "fft"), str(tmp_path))
   before, after = summary["metrics_before"], summary["metrics_after"]
   assert before["accuracy"] < 0.6, before
   assert after["accuracy"] >= 0.9, after
   assert after["examples"] == 48 and sorted(after["labels"]) == sorted(_KEYWORDS)
-  written = json.loads((tmp_path / "metrics.json").read_text())
+  written = json.loads((workdir / "metrics.json").read_text())
   assert written["after"]["confusion"] == after["confusion"]
-  assert datasets.read_label_file(tmp_path / task.LABELS_FILE) == tuple(sorted(_KEYWORDS))
-  assert (tmp_path / "eval_predictions.png").stat().st_size > 10_000
+  assert datasets.read_label_file(workdir / task.LABELS_FILE) == tuple(sorted(_KEYWORDS))
+  assert (workdir / "eval_predictions.png").stat().st_size > 10_000
 
 
 def test_esft_trains_only_the_selected_experts_and_the_head(files, tmp_path):
@@ -109,11 +119,8 @@ def test_lora_lowers_the_loss(files, tmp_path):
   assert summary["trainable_fraction"] < 0.5
 
 
-def test_predict_cli_labels_like_the_model(files, tmp_path, repo_root):
-  workdir = tmp_path / "run"
-  c = _config(files, "bert", "fft")
-  c.optimizer.learning_rate = 1e-3
-  task.run(c, str(workdir))
+def test_predict_cli_labels_like_the_model(files, tmp_path, repo_root, bert_run):
+  workdir = bert_run[0]
   texts = tmp_path / "texts.txt"
   texts.write_text("great food and service\nawful place today\nit was okay\n", encoding="utf-8")
   proc = subprocess.run([sys.executable, "-m", "moe_jax.classify", "predict", f"--workdir={workdir}",
