@@ -8,10 +8,20 @@ latents directly, with kv_b_proj absorbed into the query and the output
 
 Masking is by slot: a query at slot i sees keys at slots j <= i whose segment id
 equals its own, so packed sequences and left padding share one mechanism.
+
+`Hooks` are the interventions an analysis makes on attention (the label-words
+-as-anchors study, `moe_jax.icl`): a bias added to the pre-softmax scores and a
+multiplier on the post-softmax probabilities, per layer. Without hooks the
+computation is exactly the plain one (the same jaxpr). Every layer also sows its
+attention probabilities A [B, N, T, S], its queries and its keys into the
+"intermediates" collection; that is free unless the caller makes the collection
+mutable. A prefix cache with arbitrary kept positions needs nothing here: it is
+an ordinary decoding cache whose slots were gathered (`moe_jax.icl.compress`).
 """
 
 from __future__ import annotations
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,6 +32,26 @@ from moe_jax.layers import apply_rope, dense, rms_norm, rope_frequencies, softma
 
 # DeepSeek's reference builds the latent norms with RMSNorm's default eps, not rms_norm_eps.
 _LATENT_NORM_EPS = 1e-6
+
+
+@flax.struct.dataclass
+class Hooks:
+  """Interventions on every layer's attention; a None field is off.
+
+  bias: [L, B|1, N|1, T, S] added to the scaled pre-softmax scores (isolation
+    adds -1e4 where a label position may not look back).
+  mult: [L, B|1, N|1, T, S] multiplying the post-softmax probabilities, which are
+    not renormalised (ones under `jax.grad` give the saliency A * dL/dA;
+    exp(beta) at (q, p_i) is anchor re-weighting).
+  """
+
+  bias: jax.Array | None = None
+  mult: jax.Array | None = None
+
+  def layer(self, i: int) -> "Hooks":
+    """Layer i's hooks: [B|1, N|1, T, S] fields."""
+    return Hooks(None if self.bias is None else self.bias[i],
+                 None if self.mult is None else self.mult[i])
 
 
 def init_layer_cache(config: ModelConfig, batch: int, max_len: int) -> dict:
@@ -53,11 +83,26 @@ def attention_mask(q_segments, k_segments, q_start, causal: bool = True,
   return (allowed[None] & same)[:, None]
 
 
-def attend(q, k, v, mask, scale, dtype):
-  """Softmax attention in float32. q: [B, T, N, H], k: [B, S, N, H], v: [B, S, N, Hv]."""
-  logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+def _probs(logits, mask, dtype, hooks: Hooks | None, record):
+  """Softmax over the keys of scaled float32 scores [B, N, T, S], with the hooks applied.
+
+  `record(A)` receives the probabilities before the multiplier (the model sows them).
+  """
+  if hooks is not None and hooks.bias is not None:
+    logits = logits + hooks.bias.astype(jnp.float32)
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  if record is not None:
+    record(probs)
+  if hooks is not None and hooks.mult is not None:
+    probs = probs * hooks.mult.astype(dtype)
+  return probs
+
+
+def attend(q, k, v, mask, scale, dtype, hooks: Hooks | None = None, record=None):
+  """Softmax attention in float32. q: [B, T, N, H], k: [B, S, N, H], v: [B, S, N, Hv]."""
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+  probs = _probs(logits, mask, dtype, hooks, record)
   return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
 
@@ -75,7 +120,8 @@ def _absorb(c: ModelConfig, t: int, s: int) -> bool:
   return absorbed < expanded
 
 
-def _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w_k, w_v, mask, scale, dtype):
+def _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w_k, w_v, mask, scale, dtype, hooks=None,
+                     record=None):
   """MLA attention on the latents, equal to `attend` on the expanded keys and values.
 
   q_nope: [B, T, N, nope], q_pe: [B, T, N, rope], c_kv: [B, S, R], k_pe: [B, S, rope],
@@ -84,8 +130,7 @@ def _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w_k, w_v, mask, scale, dtype):
   q_latent = jnp.einsum("btnh,rnh->btnr", q_nope, w_k)  # q . (c W_k) == (q W_k^T) . c
   logits = (jnp.einsum("btnr,bsr->bnts", q_latent, c_kv)
             + jnp.einsum("btnh,bsh->bnts", q_pe, k_pe)).astype(jnp.float32) * scale
-  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  probs = _probs(logits, mask, dtype, hooks, record)
   out_latent = jnp.einsum("bnts,bsr->btnr", probs, c_kv)  # [B, T, N, R]
   return jnp.einsum("btnr,rnh->btnh", out_latent, w_v)
 
@@ -102,21 +147,26 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0):
+  def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0,
+               hooks: Hooks | None = None):
     """x: [B, T, D]; positions, q_segments: [B, T]; k_segments: [B, S].
 
     Without a cache S == T. With one, the T new entries are written at slot
-    `cache_index` and S is the cache length. Returns (y: [B, T, D], new cache or None).
+    `cache_index` and S is the cache length. `hooks`: this layer's (`Hooks.layer`).
+    Returns (y: [B, T, D], new cache or None).
     """
     c = self.config
     inv_freq, attention_factor = rope_frequencies(c)
     mask = attention_mask(q_segments, k_segments, cache_index if cache is not None else 0,
                           window=c.sliding_window)
-    if c.use_mla:
-      return self._mla(x, positions, mask, cache, cache_index, inv_freq, attention_factor)
-    return self._mha(x, positions, mask, cache, cache_index, inv_freq, attention_factor)
+    args = (x, positions, mask, cache, cache_index, inv_freq, attention_factor, hooks)
+    return self._mla(*args) if c.use_mla else self._mha(*args)
 
-  def _mha(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor):
+  def _record(self, name: str, value):
+    """Sows `value` for an analysis; a no-op unless "intermediates" is mutable."""
+    self.sow("intermediates", name, value)
+
+  def _mha(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor, hooks):
     c = self.config
     n, h = c.num_attention_heads, c.mha_head_dim
     n_kv = c.num_key_value_heads or n
@@ -133,12 +183,15 @@ class Attention(nn.Module):
       new_cache = {"k": k, "v": v}
     if n_kv != n:  # grouped-query attention: each key/value head serves n // n_kv query heads
       k, v = jnp.repeat(k, n // n_kv, axis=2), jnp.repeat(v, n // n_kv, axis=2)
-    out = attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, H]
+    self._record("queries", q)  # [B, T, N, H], rotated
+    self._record("keys", k)  # [B, S, N, H], rotated, one per query head
+    out = attend(q, k, v, mask, softmax_scale(c), q.dtype, hooks,
+                 lambda a: self._record("attention", a))  # [B, T, N, H]
     y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),
               use_bias=c.o_bias)(out)
     return y, new_cache
 
-  def _mla(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor):
+  def _mla(self, x, positions, mask, cache, cache_index, inv_freq, attention_factor, hooks):
     c = self.config
     n, nope, rope, hv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
     bias = c.attention_bias
@@ -161,16 +214,19 @@ class Attention(nn.Module):
       k_pe = _update_cache(cache, "k_pe", k_pe, cache_index)
       new_cache = {"c_kv": c_kv, "k_pe": k_pe}
     kv_b = dense(c, (n, nope + hv), (ax.KV_LORA, ax.HEADS, ax.KV), "kv_b_proj")
+    record = lambda a: self._record("attention", a)
     if _absorb(c, x.shape[1], c_kv.shape[1]) and not self.is_initializing():
       w = self.variables["params"]["kv_b_proj"]["kernel"].astype(q.dtype)  # [R, N, nope+Hv]
       out = _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w[..., :nope], w[..., nope:], mask,
-                             softmax_scale(c), q.dtype)
-    else:
+                             softmax_scale(c), q.dtype, hooks, record)
+    else:  # the expanded keys exist only here, so only a prefill sows queries and keys
       kv = kv_b(c_kv)  # [B, S, N, nope+Hv]
       k_nope, v = kv[..., :nope], kv[..., nope:]
       k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
       q = jnp.concatenate([q_nope, q_pe], axis=-1)
-      out = attend(q, k, v, mask, softmax_scale(c), q.dtype)  # [B, T, N, Hv]
+      self._record("queries", q)
+      self._record("keys", k)
+      out = attend(q, k, v, mask, softmax_scale(c), q.dtype, hooks, record)  # [B, T, N, Hv]
     y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),
               use_bias=bias)(out)
     return y, new_cache

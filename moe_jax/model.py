@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax import axes as ax
-from moe_jax.attention import Attention, init_layer_cache
+from moe_jax.attention import Attention, Hooks, init_layer_cache
 from moe_jax.config import ModelConfig
 from moe_jax.encoder import Encoder, EncoderOutput
 from moe_jax.layers import REMAT_POLICIES, SwiGLU, dense, layer_name, rms_norm
@@ -56,10 +56,11 @@ class DecoderLayer(nn.Module):
   selected: tuple[int, ...] | None = None  # ESFT's split expert storage: see moe.RoutedExperts
 
   @nn.compact
-  def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0):
+  def __call__(self, x, positions, q_segments, k_segments, cache=None, cache_index=0, hooks=None):
     c = self.config
     h, new_cache = Attention(c, name="self_attn")(
-        rms_norm(c, "input_layernorm")(x), positions, q_segments, k_segments, cache, cache_index)
+        rms_norm(c, "input_layernorm")(x), positions, q_segments, k_segments, cache, cache_index,
+        hooks)
     x = x + h
     h = rms_norm(c, "post_attention_layernorm")(x)
     if self.moe:
@@ -76,13 +77,14 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, positions=None, segment_ids=None, cache=None,
-               return_hidden: bool = False) -> Output:
+               return_hidden: bool = False, hooks: Hooks | None = None) -> Output:
     """input_ids: int [B, T].
 
     positions: [B, T] rotary positions (default 0..T-1, or continuing the cache).
     segment_ids: [B, T] int, 0 for padding; tokens attend only within their
       segment (default: all ones).
     cache: from `init_cache`; the T tokens are written at cache["index"].
+    hooks: interventions on attention (`moe_jax.attention.Hooks`), [L, ...] fields.
     """
     c = self.config
     chex.assert_rank(input_ids, 2)
@@ -112,7 +114,8 @@ class Transformer(nn.Module):
       layer_cache = None if cache is None else cache["layers"][i]
       selected = None if split is None else tuple(split.get(i, ()))
       x, aux, new_cache = layer_cls(c, c.is_moe_layer(i), selected, name=layer_name(i))(
-          x, positions, segment_ids, k_segments, layer_cache, start)
+          x, positions, segment_ids, k_segments, layer_cache, start,
+          None if hooks is None else hooks.layer(i))
       new_layers.append(new_cache)
       if aux is not None:
         auxes.append(aux)
@@ -144,12 +147,12 @@ def module_for(config: ModelConfig) -> nn.Module:
 
 @functools.partial(jax.jit, static_argnames=("config", "return_hidden"))
 def _forward(config, variables, input_ids, positions=None, segment_ids=None, cache=None,
-             return_hidden=False, token_type_ids=None):
+             return_hidden=False, token_type_ids=None, hooks=None):
   if config.is_encoder:
     return Encoder(config).apply(variables, input_ids, positions, segment_ids, cache,
                                  token_type_ids=token_type_ids)
   return Transformer(config).apply(variables, input_ids, positions, segment_ids, cache,
-                                   return_hidden)
+                                   return_hidden, hooks)
 
 
 @dataclasses.dataclass
@@ -177,21 +180,24 @@ class Model:
     return out.hidden if self.config.is_encoder else out.logits
 
   def apply(self, input_ids, positions=None, segment_ids=None, cache=None,
-            return_hidden=False, token_type_ids=None) -> Output | EncoderOutput:
+            return_hidden=False, token_type_ids=None, hooks: Hooks | None = None
+            ) -> Output | EncoderOutput:
     """The full forward pass (jit-compiled).
 
     A decoder returns `Output` (logits, MoE aux, cache, hidden states when
-    `return_hidden`); an encoder returns `EncoderOutput` (hidden states, pooled,
-    MoE aux) and takes `token_type_ids` [B, T] (segment A/B; default zeros),
-    which a decoder refuses.
+    `return_hidden`) and takes attention `hooks` (`moe_jax.attention.Hooks`);
+    an encoder returns `EncoderOutput` (hidden states, pooled, MoE aux) and
+    takes `token_type_ids` [B, T] (segment A/B; default zeros). Each refuses the other's.
     """
     if token_type_ids is not None:
       if not self.config.is_encoder:
         raise ValueError(f"token_type_ids: a {self.config.model_type!r} decoder has no token "
                          "types (they are BERT's segment A/B embeddings)")
       token_type_ids = jnp.asarray(token_type_ids, jnp.int32)
+    if hooks is not None and self.config.is_encoder:
+      raise ValueError("hooks: attention hooks are for decoders; this config is an encoder")
     return _forward(self.config, self.variables, jnp.asarray(input_ids, jnp.int32), positions,
-                    segment_ids, cache, return_hidden, token_type_ids)
+                    segment_ids, cache, return_hidden, token_type_ids, hooks)
 
 
 def init_variables(config: ModelConfig, rng: jax.Array | int = 0) -> dict:

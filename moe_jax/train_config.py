@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   # What runs (moe_jax.tasks.TASKS): "lm" chat SFT; "prm" a process reward model (configs/prm.py);
   # "ppo" step-by-step PPO (configs/ppo.py).
   c.task = "lm"
-  c.train_mode = "fft"  # "fft", "esft" or "lora"
+  c.train_mode = "fft"  # "fft", "esft", "lora", or "heads" (the task heads only)
   c.lora = ml_collections.ConfigDict(dict(rank=8, scale=2.0))  # the ESFT paper's LoRA baseline
   c.esft = ml_collections.ConfigDict(dict(
       expert_config="",  # an official expert config JSON; "" = score and select here

@@ -19,6 +19,8 @@ leaf's label from its path) and `logical` (the split tree's logical axis names).
           gradient. Shared experts and the other modules train only when the
           spec says so.
   "lora"  {"base": the frozen params, "lora": the low-rank factors} (`moe_jax.lora`).
+  "heads" the plain tree, all frozen: only the task heads train (linear probes,
+          the anchor re-weighting of `moe_jax.icl`).
 
 Task heads (a reward model's value head) sit beside the transformer's tree
 under their own top-level names (`TrainableSpec.heads`): always trained,
@@ -47,7 +49,7 @@ from moe_jax.layers import experts_path
 from moe_jax.moe import split_stacks
 
 TRAIN, FROZEN = "train", "frozen"
-MODES = ("fft", "esft", "lora")
+MODES = ("fft", "esft", "lora", "heads")
 _PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -59,7 +61,8 @@ class ExpertConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainableSpec:
-  """What trains. "fft": everything; "esft": the listed experts (+ flags); "lora": low-rank factors."""
+  """What trains. "fft": everything; "esft": the listed experts (+ flags); "lora": low-rank
+  factors; "heads": only the task heads."""
 
   mode: str = "fft"
   experts: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (layer, selected expert ids)
@@ -126,8 +129,8 @@ def from_config(cfg, config: ModelConfig, select_experts: Callable[[], dict] | N
   mode = cfg.train_mode
   if mode not in modes:
     raise ValueError(f"config.train_mode: {mode!r} is not one of {tuple(modes)}")
-  if mode == "fft":
-    return TrainableSpec()
+  if mode in ("fft", "heads"):
+    return TrainableSpec(mode)
   if mode == "lora":
     return TrainableSpec("lora", lora_rank=cfg.lora.rank, lora_scale=cfg.lora.scale, seed=cfg.seed)
   e = cfg.esft
@@ -191,6 +194,13 @@ class _Full:
 
   def logical(self, logical, tree, spec, config):
     return logical
+
+
+class _Frozen(_Full):
+  """Heads only: the plain tree, every leaf of the transformer frozen."""
+
+  def label(self, keys, spec):
+    return FROZEN
 
 
 class _Experts:
@@ -261,7 +271,7 @@ class _LoRA:
         lambda _: jax.sharding.PartitionSpec(), tree["lora"])}
 
 
-_MODES = {"fft": _Full(), "esft": _Experts(), "lora": _LoRA()}
+_MODES = {"fft": _Full(), "esft": _Experts(), "lora": _LoRA(), "heads": _Frozen()}
 
 
 def _beside_heads(tree: dict, spec: TrainableSpec, fn):
