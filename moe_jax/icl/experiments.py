@@ -19,7 +19,8 @@ from moe_jax.model import Model
 TOP = 10  # top tokens kept per query, for word loyalty at any k <= TOP
 
 
-def _readout(logits: np.ndarray, label_ids) -> dict:
+def readout(logits: np.ndarray, label_ids) -> dict:
+  """Predictions, label-word probabilities [n, C] and the top tokens [n, TOP] from logits [n, V]."""
   restricted = logits[:, np.asarray(label_ids)].astype(np.float64)
   probs = np.exp(restricted - restricted.max(1, keepdims=True))
   probs /= probs.sum(1, keepdims=True)
@@ -42,7 +43,7 @@ def vanilla(model: Model, ep: Episode, key_layer: int | None = None) -> dict:
     return out
 
   r = runner.run_queries(model, ctx, ep.queries, probe=probe)
-  out = _readout(r.logits, ep.label_ids)
+  out = readout(r.logits, ep.label_ids)
   anchor = np.concatenate([x["anchor"] for x in r.probed])  # [n, L, C]
   out["aucroc"] = deep.auroc_per_layer(anchor, out["pred"])
   out["r"] = deep.cumulative_r(out["aucroc"])
@@ -65,7 +66,7 @@ def isolated(model: Model, ep: Episode, k: int, where: str, control: bool = Fals
   layers = isolation.layer_range(model.config.num_hidden_layers, k, where)
   hooks = isolation.isolation_bias(model.config.num_hidden_layers, len(p.ids), positions, layers)
   ctx = runner.prefill(model, p.ids, hooks)
-  return _readout(runner.run_queries(model, ctx, ep.queries).logits, ep.label_ids)
+  return readout(runner.run_queries(model, ctx, ep.queries).logits, ep.label_ids)
 
 
 def loyalty(base: dict, other: dict, k: int = 5) -> dict:
@@ -82,19 +83,19 @@ def compressed(model: Model, ep: Episode, method: str, seed: int = 0, draws: int
   """Predictions with the context compressed by `method` (one of `compress.METHODS`)."""
   p = ep.prompt
   if method == "icl":
-    return _readout(runner.run_queries(model, runner.prefill(model, p.ids), ep.queries).logits,
+    return readout(runner.run_queries(model, runner.prefill(model, p.ids), ep.queries).logits,
                     ep.label_ids)
   if method == "text_anchor":
     ids, _ = compress.text_anchor_ids(p)
-    return _readout(runner.run_queries(model, runner.prefill(model, ids), ep.queries).logits,
+    return readout(runner.run_queries(model, runner.prefill(model, ids), ep.queries).logits,
                     ep.label_ids)
   full = runner.prefill(model, p.ids)
   if method == "hidden_anchor":
-    return _readout(runner.run_queries(model, full.keep(compress.anchor_slots(p)), ep.queries).logits,
+    return readout(runner.run_queries(model, full.keep(compress.anchor_slots(p)), ep.queries).logits,
                     ep.label_ids)
   rng = np.random.default_rng(seed)
   if method == "hidden_random":
-    return _readout(runner.run_queries(model, full.keep(compress.random_slots(p, rng)), ep.queries).logits,
+    return readout(runner.run_queries(model, full.keep(compress.random_slots(p, rng)), ep.queries).logits,
                     ep.label_ids)
   if method != "hidden_random_top":
     raise ValueError(f"unknown compression method {method!r}; choose one of {compress.METHODS}")
@@ -102,7 +103,7 @@ def compressed(model: Model, ep: Episode, method: str, seed: int = 0, draws: int
     raise ValueError("hidden_random_top ranks its draws by label loyalty: pass the ICL outputs as base")
   best = None
   for _ in range(draws):
-    out = _readout(runner.run_queries(model, full.keep(compress.random_slots(p, rng)), ep.queries).logits,
+    out = readout(runner.run_queries(model, full.keep(compress.random_slots(p, rng)), ep.queries).logits,
                    ep.label_ids)
     score = loyalty(base, out)["label"].mean()
     if best is None or score > best[0]:
@@ -139,7 +140,7 @@ def reweighted(model: Model, ep: Episode, cfg: reweight.ReweightConfig) -> dict:
   beta, history = reweight.train_beta(model, ep.prompt.ids, ep.prompt.label_pos, ep.train_queries,
                                       ep.train_labels, ep.label_ids, cfg)
   ctx = runner.prefill(model, ep.prompt.ids)
-  out = _readout(reweight.reweighted_queries(model, ctx, ep.queries, beta, ep.prompt.label_pos).logits,
+  out = readout(reweight.reweighted_queries(model, ctx, ep.queries, beta, ep.prompt.label_pos).logits,
                  ep.label_ids)
   return {**out, "history": np.asarray(history), "beta_abs_mean": float(np.abs(beta).mean())}
 

@@ -155,14 +155,16 @@ def build_prompt(tokenizer, template: Template, texts: Sequence[str], labels: Se
   if len(prefix) < 2:
     raise PromptError(f"label prefix {template.label_prefix!r} tokenizes to {prefix}: the trigram "
                       "needs a token before the colon")
+  names = names or [f"demonstration {i}" for i in range(len(demos))]
+  trigram = f"trigram ({prefix[-2]}, {prefix[-1]}, a label id of {[int(i) for i in label_ids]})"
   expected = np.asarray([d["label"][0] for d in demos])
-  found = find_label_positions(ids, prefix[-2], prefix[-1], label_ids)
-  if not np.array_equal(found, expected):
-    missing = [i for i, p in enumerate(expected) if p not in found]
-    names = names or [f"demonstration {i}" for i in range(len(demos))]
-    what = (f"no label position found for {names[missing[0]]}" if missing else
-            f"the trigram also matches inside a text, at token {sorted(set(found) - set(expected))}")
-    raise PromptError(f"{what} (trigram {prefix[-2]}, {prefix[-1]}, label ids {list(label_ids)})")
+  for name, d, p in zip(names, demos, expected):
+    a, b = d["input_prefix"][0], d["end"][1]
+    found = [int(x) + a for x in find_label_positions(ids[a:b], prefix[-2], prefix[-1], label_ids)]
+    if found != [p]:
+      where = [x for x in found if x != p]
+      raise PromptError(f"{name}: the {trigram} " + (
+          f"also matches inside its text, at token {where}" if where else "finds no label position"))
   return Prompt(ids, tuple(demos), expected, np.asarray(labels, np.int32))
 
 

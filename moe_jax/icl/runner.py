@@ -42,8 +42,9 @@ def forward(config, variables, ids, positions, segment_ids, cache=None, hooks=No
   """One decoder pass -> (logits [B, T, V], new cache, probes or None).
 
   probes: {"attention": [L][B, N, T, S], "queries": [L][B, T, N, H], "keys": [L][B, S, N, H],
-  "experts": {moe layer: [B, T, K]}}; a field a pass did not sow (MLA's absorbed
-  decoding sows no keys) is absent.
+  "experts": {moe layer: [B, T, K]}}; a field a pass did not sow is absent (an MLA
+  pass that attends on the latents, as short queries against a long cache do, has
+  no expanded keys to sow).
   """
   module = Transformer(config)
   if not capture:

