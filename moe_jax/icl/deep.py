@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moe_jax.prm.reward import roc_auc  # the one AUC of the package
+
 
 def anchor_attention(attention, q_index, label_pos, demo_labels, n_classes: int) -> np.ndarray:
   """[n, L, C] A_l(q, p_i) summed over heads and over each class's demonstrations.
@@ -29,22 +31,8 @@ def anchor_attention(attention, q_index, label_pos, demo_labels, n_classes: int)
 
 
 def auc(scores, positive) -> float:
-  """Area under the ROC curve (Mann-Whitney, ties counted half); NaN when one class is absent."""
-  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
-  n_pos, n_neg = positive.sum(), (~positive).sum()
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  order = np.argsort(scores, kind="mergesort")
-  ranks = np.empty(len(scores))
-  sorted_scores = scores[order]
-  i = 0
-  while i < len(scores):  # average ranks over ties
-    j = i
-    while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
-  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+  """Area under the ROC curve (ties count half); NaN when one class is absent."""
+  return roc_auc(np.asarray(scores, np.float64), np.asarray(positive, bool))
 
 
 def ovo_auc(scores, labels) -> float:

@@ -2,6 +2,8 @@
 
     python -m moe_jax.studies.esft --out DIR [--quick]   # DeepSeekMoE and ESFT (docs/esft_reproduction)
     python -m moe_jax.studies.prm --out DIR [--quick]    # Math-Shepherd (docs/prm_reproduction)
+    python -m moe_jax.studies.classification --out DIR [--quick]  # (docs/classification)
+    python -m moe_jax.studies.icl_anchors --out DIR [--quick]     # label words as anchors (docs/icl_anchors)
 
 Each writes RESULTS.md (every table with 95% intervals, and a held / failed /
 inconclusive verdict per claim), results.json and its plots into DIR. The

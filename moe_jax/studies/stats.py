@@ -11,7 +11,14 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262}
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-  """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+  """Mean and the half-width of its 95% t-interval (0 for a single value).
+
+  NaNs (measurements undefined for a run, like an AUC with one class) are left
+  out; with none left the mean is NaN.
+  """
+  values = [float(v) for v in values if not math.isnan(float(v))]
+  if not values:
+    return float("nan"), 0.0
   m = float(np.mean(values))
   if len(values) < 2:
     return m, 0.0
@@ -22,6 +29,8 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 def fmt(values, digits=3, pct=False) -> str:
   """"mean ± half-width" (the mean alone for one value), optionally in percent."""
   m, h = mean_ci(values)
+  if math.isnan(m):
+    return "n/a"
   scale = 100 if pct else 1
   return f"{m * scale:.{digits}f} ± {h * scale:.{digits}f}" if h else f"{m * scale:.{digits}f}"
 
@@ -41,8 +50,9 @@ def verdict(a: list[float], b: list[float], lower_is_better: bool) -> str:
 def paired_verdict(diffs: list[float]) -> str:
   """'held' if the 95% interval of the paired differences lies above 0, 'failed' if below,
   else 'inconclusive'."""
-  m, h = mean_ci(list(diffs))
-  if len(diffs) < 2:
+  finite = [d for d in diffs if not math.isnan(float(d))]
+  m, h = mean_ci(finite)
+  if len(finite) < 2:
     return "inconclusive"
   if m - h > 0:
     return "held"
