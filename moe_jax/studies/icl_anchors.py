@@ -199,11 +199,19 @@ def _moe_seed(p: Plan, model, tok, seed: int, k: int) -> dict:
           "flows": fl, "experts": sel}
 
 
-def run_study(out: str, quick: bool) -> dict:
+def run_study(out: str, quick: bool, model=None, tokenizer=None) -> dict:
+  """Every experiment (cached under out/runs), then results.json, RESULTS.md and the plots.
+
+  model, tokenizer: the LM to study instead of SmolLM2-135M-Instruct (the tests pass a
+  tiny random one with SmolLM2's tokenizer).
+  """
   p = plan(quick)
   _check_plan(p, out)
-  path = train_lib.resolve_data_path(tasks.DEFAULT_MODEL)
-  model, tok = moe_jax.from_pretrained(path), load_tokenizer(path)
+  path = "a given model"
+  if model is None:
+    path = train_lib.resolve_data_path(tasks.DEFAULT_MODEL)
+    model, tokenizer = moe_jax.from_pretrained(path), load_tokenizer(path)
+  tok = tokenizer
   available = [n for n in p.tasks if p.sample or _available(n)]
   results = {"plan": dataclasses.asdict(p), "quick": quick, "jax": jax.__version__,
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
