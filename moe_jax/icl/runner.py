@@ -41,8 +41,8 @@ def forward(config, variables, ids, positions, segment_ids, cache=None, hooks=No
             capture: bool = False):
   """One decoder pass -> (logits [B, T, V], new cache, probes or None).
 
-  probes: {"attention": [L][B, N, T, S], "queries": [L][B, T, N, H], "keys": [L][B, S, N, H],
-  "experts": {moe layer: [B, T, K]}}; a field a pass did not sow is absent (an MLA
+  probes: {"attention", "queries", "keys": lists over the layers of [B, N, T, S],
+  [B, T, N, H] and [B, S, N, H] arrays; "experts": {moe layer: [B, T, K]}}; a field a pass did not sow is absent (an MLA
   pass that attends on the latents, as short queries against a long cache do, has
   no expanded keys to sow).
   """
