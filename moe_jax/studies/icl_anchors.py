@@ -167,6 +167,8 @@ def _moe_runs(p: Plan, out: str) -> dict:
     cfg.num_train_steps = p.moe_steps
     cfg.episodes.train_rows = p.moe_steps * cfg.data.batch_size
     cfg.checkpoint_every = cfg.eval_every = p.moe_steps
+  if p.sample:  # --quick: one small test episode for the trainer's accuracy
+    cfg.episodes.test_seeds, cfg.episodes.n_test = (100,), p.moe_test
   model, summary = episodes.train(cfg, os.path.join(out, "runs", "moe", "train"))
   tok = ByteTokenizer()
   results = {"config": {k: getattr(model.config, k) for k in (
