@@ -44,10 +44,6 @@ def _episodes(args, tok, task, train, test):
                                    first_subtoken=args.first_subtoken)
 
 
-def _acc(out, ep) -> float:
-  return float(np.mean(out["pred"] == ep.labels))
-
-
 def run(args) -> dict:
   """The subcommand's results, {seed: {...}} plus "mean"; printed as it goes."""
   from moe_jax.icl import experiments as ex, flows, reweight
@@ -66,24 +62,20 @@ def run(args) -> dict:
     return results
   for seed, ep in _episodes(args, tok, task, train, test):
     base = ex.vanilla(model, ep, args.layer if args.command == "diagnose" else None)
-    r = {"icl_accuracy": _acc(base, ep)}
+    r = {"icl_accuracy": ex.accuracy(base, ep)}
     if args.command == "isolate":
-      out = ex.isolated(model, ep, args.k, args.where, args.control, seed)
-      loy = ex.loyalty(base, out, args.top_k)
-      r.update(label_loyalty=float(loy["label"].mean()), word_loyalty=float(loy["word"].mean()),
-               accuracy=_acc(out, ep))
+      r.update(ex.scored(base, ex.isolated(model, ep, args.k, args.where, args.control, seed), ep,
+                         args.top_k))
     elif args.command == "deep":
       r.update(aucroc=base["aucroc"].tolist(), r=base["r"].tolist())
     elif args.command == "reweight":
       cfg = reweight.ReweightConfig(learning_rate=args.lr, epochs=args.epochs, seed=seed)
       out = ex.reweighted(model, ep, cfg)
-      r.update(accuracy=_acc(out, ep), loss_history=out["history"].tolist())
+      r.update(accuracy=ex.accuracy(out, ep), loss_history=out["history"].tolist())
     elif args.command == "compress":
       for method in args.methods:
-        out = ex.compressed(model, ep, method, seed, args.draws, base)
-        loy = ex.loyalty(base, out, args.top_k)
-        r[method] = {"label_loyalty": float(loy["label"].mean()),
-                     "word_loyalty": float(loy["word"].mean()), "accuracy": _acc(out, ep)}
+        r[method] = ex.scored(base, ex.compressed(model, ep, method, seed, args.draws, base), ep,
+                              args.top_k)
       r["speed"] = ex.speedup(model, ep)
     elif args.command == "diagnose":
       conf = ex.confusion(base, ep.labels, args.m)

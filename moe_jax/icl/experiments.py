@@ -65,17 +65,38 @@ def isolated(model: Model, ep: Episode, k: int, where: str, control: bool = Fals
                                            np.random.default_rng(seed))
   layers = isolation.layer_range(model.config.num_hidden_layers, k, where)
   hooks = isolation.isolation_bias(model.config.num_hidden_layers, len(p.ids), positions, layers)
-  ctx = runner.prefill(model, p.ids, hooks)
-  return readout(runner.run_queries(model, ctx, ep.queries).logits, ep.label_ids)
+  return _predict(model, runner.prefill(model, p.ids, hooks), ep)
 
 
 def loyalty(base: dict, other: dict, k: int = 5) -> dict:
   """[n] label and word loyalty of `other`'s outputs to `base`'s."""
   if k > TOP:
     raise ValueError(f"word loyalty: k = {k} is more than the {TOP} top tokens kept")
-  word = [len(set(a[:k]) & set(b[:k])) / len(set(a[:k]) | set(b[:k]))
-          for a, b in zip(base["top"], other["top"])]
-  return {"label": isolation.label_loyalty(base["pred"], other["pred"]), "word": np.asarray(word)}
+  return {"label": isolation.label_loyalty(base["pred"], other["pred"]),
+          "word": isolation.jaccard(np.asarray(base["top"])[:, :k], np.asarray(other["top"])[:, :k])}
+
+
+def accuracy(out: dict, ep: Episode) -> float:
+  """The share of the episode's test queries whose prediction is the gold label."""
+  return float(np.mean(np.asarray(out["pred"]) == ep.labels))
+
+
+def scored(base: dict, out: dict, ep: Episode, k: int = 5) -> dict:
+  """Mean label and word loyalty of `out` to `base`, and `out`'s accuracy."""
+  loy = loyalty(base, out, k)
+  return {"label_loyalty": float(loy["label"].mean()), "word_loyalty": float(loy["word"].mean()),
+          "accuracy": accuracy(out, ep)}
+
+
+def isolation_grid(model: Model, ep: Episode, k: int, base: dict, seed: int = 0) -> dict:
+  """`scored` for label words and random tokens isolated in the first and the last k layers:
+  {"label_first", "label_last", "random_first", "random_last"}."""
+  return {f"{kind}_{where}": scored(base, isolated(model, ep, k, where, kind == "random", seed), ep)
+          for kind in ("label", "random") for where in ("first", "last")}
+
+
+def _predict(model: Model, ctx: runner.ContextCache, ep: Episode) -> dict:
+  return readout(runner.run_queries(model, ctx, ep.queries).logits, ep.label_ids)
 
 
 def compressed(model: Model, ep: Episode, method: str, seed: int = 0, draws: int = 20,
@@ -83,28 +104,22 @@ def compressed(model: Model, ep: Episode, method: str, seed: int = 0, draws: int
   """Predictions with the context compressed by `method` (one of `compress.METHODS`)."""
   p = ep.prompt
   if method == "icl":
-    return readout(runner.run_queries(model, runner.prefill(model, p.ids), ep.queries).logits,
-                    ep.label_ids)
+    return _predict(model, runner.prefill(model, p.ids), ep)
   if method == "text_anchor":
-    ids, _ = compress.text_anchor_ids(p)
-    return readout(runner.run_queries(model, runner.prefill(model, ids), ep.queries).logits,
-                    ep.label_ids)
+    return _predict(model, runner.prefill(model, compress.text_anchor_ids(p)[0]), ep)
   full = runner.prefill(model, p.ids)
   if method == "hidden_anchor":
-    return readout(runner.run_queries(model, full.keep(compress.anchor_slots(p)), ep.queries).logits,
-                    ep.label_ids)
+    return _predict(model, full.keep(compress.anchor_slots(p)), ep)
   rng = np.random.default_rng(seed)
   if method == "hidden_random":
-    return readout(runner.run_queries(model, full.keep(compress.random_slots(p, rng)), ep.queries).logits,
-                    ep.label_ids)
+    return _predict(model, full.keep(compress.random_slots(p, rng)), ep)
   if method != "hidden_random_top":
     raise ValueError(f"unknown compression method {method!r}; choose one of {compress.METHODS}")
   if base is None:
     raise ValueError("hidden_random_top ranks its draws by label loyalty: pass the ICL outputs as base")
   best = None
   for _ in range(draws):
-    out = readout(runner.run_queries(model, full.keep(compress.random_slots(p, rng)), ep.queries).logits,
-                   ep.label_ids)
+    out = _predict(model, full.keep(compress.random_slots(p, rng)), ep)
     score = loyalty(base, out)["label"].mean()
     if best is None or score > best[0]:
       best = (score, out)

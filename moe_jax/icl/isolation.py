@@ -57,5 +57,9 @@ def label_loyalty(pred_a, pred_b) -> np.ndarray:
 def word_loyalty(logits_a, logits_b, k: int = 5) -> np.ndarray:
   """[n] Jaccard similarity of the top-k tokens of two [n, V] logit arrays."""
   top = lambda x: np.argsort(-np.asarray(x), -1)[:, :k]
-  a, b = top(logits_a), top(logits_b)
-  return np.asarray([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(a, b)])
+  return jaccard(top(logits_a), top(logits_b))
+
+
+def jaccard(top_a, top_b) -> np.ndarray:
+  """[n] Jaccard similarity of the rows of two [n, k] token-id arrays."""
+  return np.asarray([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(top_a, top_b)])

@@ -103,10 +103,6 @@ def _jsonable(x):
   raise TypeError(f"not JSON-able: {type(x)}")
 
 
-def _acc(out, ep) -> float:
-  return float(np.mean(np.asarray(out["pred"]) == ep.labels))
-
-
 def _arrays(d: dict) -> dict:
   return {k: np.asarray(v) if isinstance(v, list) else v for k, v in d.items()}
 
@@ -121,7 +117,7 @@ def _seed_runs(p: Plan, model, tok, name: str, seed: int, where: str) -> dict:
 
   def vanilla():
     v = ex.vanilla(model, ep, diag_layer)
-    out = {"accuracy": _acc(v, ep), "pred": v["pred"], "top": v["top"], "aucroc": v["aucroc"],
+    out = {"accuracy": ex.accuracy(v, ep), "pred": v["pred"], "top": v["top"], "aucroc": v["aucroc"],
            "r": v["r"], "l_demo": len(ep.prompt.ids), "l_x": float(np.mean([len(q) for q in ep.queries]))}
     if diag_layer is not None:
       conf = ex.confusion(v, ep.labels)
@@ -129,24 +125,18 @@ def _seed_runs(p: Plan, model, tok, name: str, seed: int, where: str) -> dict:
                           "agreement": conf["agreement"]}
     zero = ex.readout(runner.run_queries(model, runner.empty_context(model), ep.queries).logits,
                        ep.label_ids)
-    out["zero_shot_accuracy"] = _acc(zero, ep)
+    out["zero_shot_accuracy"] = ex.accuracy(zero, ep)
     ep5 = tasks.make_episode(tok, task.template, train, test, seed, p.n_test, shots=5, train_per_class=0)
-    out["shots5_accuracy"] = _acc(ex.vanilla(model, ep5), ep5)
+    out["shots5_accuracy"] = ex.accuracy(ex.vanilla(model, ep5), ep5)
     return out
 
   base = _arrays(_cached(at("vanilla"), vanilla))
 
-  def scored(out):
-    loy = ex.loyalty(base, out)
-    return {"label_loyalty": float(loy["label"].mean()), "word_loyalty": float(loy["word"].mean()),
-            "accuracy": _acc(out, ep)}
-
   runs = {"vanilla": base}
-  runs["isolation"] = _cached(at("isolation"), lambda: {
-      f"{kind}_{where_}": scored(ex.isolated(model, ep, p.isolate_k, where_, kind == "random", seed))
-      for kind in ("label", "random") for where_ in ("first", "last")})
+  runs["isolation"] = _cached(at("isolation"),
+                              lambda: ex.isolation_grid(model, ep, p.isolate_k, base, seed))
   runs["compression"] = _cached(at("compression"), lambda: {
-      **{m: scored(ex.compressed(model, ep, m, seed, p.top_draws, base))
+      **{m: ex.scored(base, ex.compressed(model, ep, m, seed, p.top_draws, base), ep)
          for m in ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")},
       "speed": ex.speedup(model, dataclasses.replace(ep, queries=ep.queries[:p.speed_queries]), 1)})
   runs["reweight"] = _cached(at("reweight"), lambda: _reweight(model, ep, seed))
@@ -157,7 +147,7 @@ def _seed_runs(p: Plan, model, tok, name: str, seed: int, where: str) -> dict:
 
 def _reweight(model, ep, seed) -> dict:
   out = ex.reweighted(model, ep, reweight.ReweightConfig(seed=seed))
-  return {"accuracy": _acc(out, ep), "history": out["history"], "beta_abs_mean": out["beta_abs_mean"]}
+  return {"accuracy": ex.accuracy(out, ep), "history": out["history"], "beta_abs_mean": out["beta_abs_mean"]}
 
 
 def _moe_runs(p: Plan, out: str) -> dict:
@@ -188,16 +178,10 @@ def _moe_seed(p: Plan, model, tok, seed: int, k: int) -> dict:
   train, test = episodes.synthetic_split(200, seed), episodes.synthetic_split(p.moe_test, seed + 1000)
   ep = tasks.make_episode(tok, template, train, test, seed, p.moe_test)
   base = ex.vanilla(model, ep)
-  iso = {}
-  for kind in ("label", "random"):
-    for where_ in ("first", "last"):
-      o = ex.isolated(model, ep, k, where_, kind == "random", seed)
-      loy = ex.loyalty(base, o)
-      iso[f"{kind}_{where_}"] = {"label_loyalty": float(loy["label"].mean()),
-                                 "word_loyalty": float(loy["word"].mean()), "accuracy": _acc(o, ep)}
+  iso = ex.isolation_grid(model, ep, k, base, seed)
   fl = flows.normalised(ex.flow_curves(model, tok, template, train, test, seed, p.flow_examples))
   sel = episodes.expert_selection(model, ep)
-  return {"accuracy": _acc(base, ep), "aucroc": base["aucroc"], "isolation": iso, "isolate_k": k,
+  return {"accuracy": ex.accuracy(base, ep), "aucroc": base["aucroc"], "isolation": iso, "isolate_k": k,
           "flows": fl, "experts": sel}
 
 
