@@ -20,11 +20,12 @@ from typing import Any
 
 _DEEPSEEK = ("deepseek", "deepseek_v2", "deepseek_v3")
 _DENSE_DECODERS = ("llama", "qwen2", "mistral")  # config-only differences on the MHA path
-_ENCODERS = ("bert",)
+_ENCODERS = ("bert", "mpnet")
 _MODEL_TYPES = _DEEPSEEK + _DENSE_DECODERS + _ENCODERS
 _ARCHITECTURES = {"deepseek": "DeepseekForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
                   "deepseek_v3": "DeepseekV3ForCausalLM", "llama": "LlamaForCausalLM",
-                  "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM", "bert": "BertModel"}
+                  "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM", "bert": "BertModel",
+                  "mpnet": "MPNetModel"}
 _HIDDEN_ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 _TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 _SCORING_FUNCS = ("softmax", "sigmoid")
@@ -54,8 +55,10 @@ class ModelConfig:
   decoders on the same MHA path (grouped-query attention, SwiGLU, RoPE); a dense
   model is `n_routed_experts=None`. "bert" is a bidirectional encoder
   (`moe_jax.encoder`): post-LayerNorm, GELU MLP, learned positions and token
-  types. Any family becomes a DeepSeekMoE model by setting `n_routed_experts`:
-  its MoE layers then hold routed and shared SwiGLU experts.
+  types; "mpnet" the same encoder without token types and with a relative
+  position bias on every layer's attention (`relative_attention_num_buckets`).
+  Any family becomes a DeepSeekMoE model by setting `n_routed_experts`: its MoE
+  layers then hold routed and shared SwiGLU experts.
 
   The defaults are DeepSeek-V2-Lite's; build other families from a checkpoint
   (`from_hf_dict`) or a preset (`PRESETS`), which set every field they need.
@@ -103,7 +106,10 @@ class ModelConfig:
   aux_loss_alpha: float = 0.001
   seq_aux: bool = True
   # BERT-style encoders.
-  type_vocab_size: int = 2  # token-type (segment A/B) embeddings
+  type_vocab_size: int = 2  # token-type (segment A/B) embeddings; 0: none (MPNet)
+  # MPNet's relative position bias: T5-style bidirectional buckets of key - query distance (up to
+  # 128), one learned [buckets, heads] table shared by every layer; 0: none (BERT, decoders).
+  relative_attention_num_buckets: int = 0
   layer_norm_eps: float = 1e-12
   hidden_act: str = "silu"  # the dense MLP's activation: SwiGLU for "silu" decoders, plain for BERT
   # Ours, not Hugging Face's.
@@ -237,6 +243,10 @@ class ModelConfig:
         d.pop("head_dim")
     if self.model_type != "deepseek_v3":
       d.pop("rope_interleave", None)
+    if self.model_type != "mpnet":
+      d.pop("relative_attention_num_buckets")
+    else:  # no token types
+      d.pop("type_vocab_size")
     if self.is_encoder:
       for k in ("rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings",
                 "attention_bias", "sliding_window", "num_key_value_heads"):
@@ -313,8 +323,42 @@ def _bert(kwargs: dict, d: dict) -> None:
     raise ConfigError(f"field 'position_embedding_type': {kind!r}; moe_jax's BERT reads 'absolute'")
 
 
+# MPNetConfig's defaults, for the fields a config.json may leave out.
+_MPNET_DEFAULTS = dict(vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, max_position_embeddings=512, layer_norm_eps=1e-12,
+                       relative_attention_num_buckets=32, pad_token_id=1, bos_token_id=0,
+                       eos_token_id=2)
+
+
+def _mpnet(kwargs: dict, d: dict) -> None:
+  """MPNet: BERT's layers without token types, with a relative position bias (T5 buckets)."""
+  for key, value in _MPNET_DEFAULTS.items():
+    kwargs.setdefault(key, value)
+  bos, eos = kwargs["bos_token_id"], kwargs["eos_token_id"]
+  _bert(kwargs, d)  # which has no bos/eos: MPNet's <s> and </s> stay
+  kwargs.update(bos_token_id=bos, eos_token_id=eos, type_vocab_size=0)  # MPNet has no token types
+
+
 _FAMILY_DEFAULTS = {**{t: _deepseek for t in _DEEPSEEK}, **{t: _dense_decoder for t in _DENSE_DECODERS},
-                    **{t: _bert for t in _ENCODERS}}
+                    "bert": _bert, "mpnet": _mpnet}
+
+
+def _validate_encoder(c: ModelConfig, fail) -> None:
+  """The encoder families' own fields: MPNet's relative position bias and token types."""
+  buckets = c.relative_attention_num_buckets
+  if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 0:
+    fail("relative_attention_num_buckets", f"must be a non-negative integer, got {buckets!r}")
+  if not isinstance(c.type_vocab_size, int) or c.type_vocab_size < 0:
+    fail("type_vocab_size", f"must be a non-negative integer, got {c.type_vocab_size!r}")
+  if c.model_type == "mpnet":
+    if buckets != 32:  # transformers' MPNetEncoder.compute_position_bias hard-codes 32
+      fail("relative_attention_num_buckets", f"MPNet buckets relative positions into 32 (as "
+           f"transformers' MPNetModel does, whatever its config says), got {buckets}")
+    if c.type_vocab_size:
+      fail("type_vocab_size", f"MPNet has no token-type embeddings; must be 0, got {c.type_vocab_size}")
+  elif buckets:
+    fail("relative_attention_num_buckets", f"only MPNet has a relative position bias; a "
+         f"{c.model_type!r} model takes 0, got {buckets}")
 
 
 def _validate(c: ModelConfig) -> None:
@@ -330,6 +374,7 @@ def _validate(c: ModelConfig) -> None:
       fail(name, f"must be a positive integer, got {v!r}")
   if c.hidden_act not in _HIDDEN_ACTS or (not c.is_encoder and c.hidden_act != "silu"):
     fail("hidden_act", f"{c.hidden_act!r}: decoders are SwiGLU ('silu'); encoders take {_HIDDEN_ACTS}")
+  _validate_encoder(c, fail)
   if c.sliding_window is not None and c.sliding_window < 1:
     fail("sliding_window", f"must be a positive number of keys or None, got {c.sliding_window!r}")
   if c.topk_method not in _TOPK_METHODS:
@@ -452,6 +497,16 @@ def all_minilm_l6_v2() -> ModelConfig:
                      eos_token_id=None)
 
 
+def all_mpnet_base_v2() -> ModelConfig:
+  """sentence-transformers/all-mpnet-base-v2: a 12-layer, 768-wide MPNet (109M parameters)."""
+  return ModelConfig(model_type="mpnet", vocab_size=30527, hidden_size=768, intermediate_size=3072,
+                     num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=514,
+                     type_vocab_size=0, relative_attention_num_buckets=32, layer_norm_eps=1e-5,
+                     hidden_act="gelu", pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                     initializer_range=0.02, attention_bias=True, kv_lora_rank=None,
+                     n_routed_experts=None, n_shared_experts=None)
+
+
 PRESETS = {
     "deepseek-moe-2b": deepseek_moe_2b,
     "deepseek-moe-16b": deepseek_moe_16b,
@@ -459,5 +514,6 @@ PRESETS = {
     "deepseek-v3": deepseek_v3,
     "tiny": tiny,
     "all-minilm-l6-v2": all_minilm_l6_v2,
+    "all-mpnet-base-v2": all_mpnet_base_v2,
 }
 

