@@ -160,7 +160,8 @@ def load_packed(paths: Sequence[str], tokenizer, seq_len: int, max_examples: int
 
 
 def _rows(rows: dict):
-  return [{k: v[i] for k, v in rows.items()} for i in range(len(rows["tokens"]))]
+  n = len(next(iter(rows.values())))  # every field has one entry per row
+  return [{k: v[i] for k, v in rows.items()} for i in range(n)]
 
 
 def prepare(paths: Sequence[str], tokenizer, tokenizer_name: str, seq_len: int,

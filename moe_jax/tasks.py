@@ -10,6 +10,8 @@ task brings only its data, its loss and its metrics:
   prm   a process (or outcome) reward model: configs/prm.py (`moe_jax.prm.training`)
   ppo   step-by-step PPO against a reward model: configs/ppo.py (`moe_jax.prm.ppo`)
   classify  text classification on any family: configs/classify_*.py (`moe_jax.classify`)
+  cascade   a cascade of complete encoders or an early-exit baseline: configs/cascade_*.py
+            (`moe_jax.cascade`)
 
 A new task is a function here (or in its own package) and a line in `TASKS`;
 the engine below (`train_lib`, `steps`) does not know the tasks.
@@ -23,6 +25,7 @@ from typing import Callable
 import ml_collections
 
 from moe_jax import train_lib, trainable
+from moe_jax.cascade import task as cascade_task
 from moe_jax.classify import task as classify_task
 from moe_jax.prm import training as prm_training
 from moe_jax.prm.ppo import task as ppo_task
@@ -47,6 +50,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
     "prm": prm_training.run,
     "ppo": ppo_task.run,
     "classify": classify_task.run,
+    "cascade": cascade_task.run,
 }
 
 

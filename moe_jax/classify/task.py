@@ -97,7 +97,8 @@ def read_data(cfg: ml_collections.ConfigDict, workdir: str):
   names = datasets.read_label_file(train_lib.resolve_data_path(c.label_file)) if c.label_file else None
   if c.dataset:
     # The held-out subset does not depend on the run's seed: every seed is scored on the same texts.
-    train = datasets.load(c.dataset, "train", c.max_train_examples or None, cfg.seed, c.sample)
+    subset_seed = cfg.seed if c.get("subset_seed", -1) < 0 else c.subset_seed
+    train = datasets.load(c.dataset, "train", c.max_train_examples or None, subset_seed, c.sample)
     held = datasets.load(c.dataset, "test", c.max_eval_examples or None, 0, c.sample)
   else:
     if not c.train_file:
