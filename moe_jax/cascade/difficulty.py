@@ -58,14 +58,14 @@ def label(cfg: ml_collections.ConfigDict, workdir: str, seeds: int = 3) -> str:
     right = {}
     for name, ex in splits.items():
       rows = stages_lib.rows(ex.texts, [stage], rc.data.seq_len)[0]
-      right[name] = predict_probs(stage.model, rows).argmax(-1) == np.asarray(ex.labels)
+      right[name] = (predict_probs(stage.model, rows).argmax(-1) == np.asarray(ex.labels)).astype(int)
     correct = right if correct is None else {k: correct[k] + right[k] for k in right}
     print(f"[difficulty] seed {s}: the small model alone is right on "
           f"{np.mean(right['train']):.3f} of training and {np.mean(right['test']):.3f} of held-out "
           "examples")
   lines = []
   for name, ex in splits.items():
-    for text, y, k in zip(ex.texts, ex.labels, correct[name].astype(int)):
+    for text, y, k in zip(ex.texts, ex.labels, correct[name]):
       lines.append(json.dumps({"text": text, "label": ex.label_names[y], "split": name,
                                "difficulty": "easy" if k == seeds else "hard", "correct": int(k),
                                "seeds": seeds}, ensure_ascii=False))
