@@ -251,10 +251,17 @@ class Encoder(nn.Module):
 
   # Stages ----------------------------------------------------------------------------------
 
-  def _check(self, input_ids, *others):
+  def _inputs(self, input_ids, positions, segment_ids, token_type_ids):
+    """Checked inputs with the defaults filled in: (segment_ids, positions)."""
     chex.assert_rank(input_ids, 2)
     chex.assert_type(input_ids, int)
-    chex.assert_equal_shape([input_ids] + [a for a in others if a is not None])
+    chex.assert_equal_shape([input_ids] + [a for a in (positions, segment_ids, token_type_ids)
+                                           if a is not None])
+    if segment_ids is None:
+      segment_ids = jnp.ones(input_ids.shape, jnp.int32)
+    if positions is None:
+      positions = default_positions(self.config, input_ids, segment_ids)
+    return segment_ids, positions
 
   def embed(self, input_ids, positions=None, segment_ids=None, token_type_ids=None):
     """input_ids: int [B, T] -> the embeddings' LayerNormed sum x [B, T, D].
@@ -263,12 +270,8 @@ class Encoder(nn.Module):
     token_type_ids: [B, T] segment A/B ids (default zeros); an error for MPNet, which has none.
     """
     c = self.config
-    self._check(input_ids, positions, segment_ids, token_type_ids)
+    segment_ids, positions = self._inputs(input_ids, positions, segment_ids, token_type_ids)
     b, t = input_ids.shape
-    if segment_ids is None:
-      segment_ids = jnp.ones((b, t), jnp.int32)
-    if positions is None:
-      positions = default_positions(c, input_ids, segment_ids)
     x = self.embed_tokens(input_ids)
     if c.type_vocab_size:
       if token_type_ids is None:
@@ -330,12 +333,8 @@ class Encoder(nn.Module):
     if cache is not None:
       raise ValueError("Encoder: no KV cache; a bidirectional encoder reads the whole sequence "
                        "at once and cannot decode token by token")
-    self._check(input_ids, positions, segment_ids, token_type_ids)
+    segment_ids, positions = self._inputs(input_ids, positions, segment_ids, token_type_ids)
     b, t = input_ids.shape
-    if segment_ids is None:
-      segment_ids = jnp.ones((b, t), jnp.int32)
-    if positions is None:
-      positions = default_positions(c, input_ids, segment_ids)
     x = self.embed(input_ids, positions, segment_ids, token_type_ids)
     mask, bias = self._attention_inputs(segment_ids, positions)  # once for every layer
     auxes, first = [], []

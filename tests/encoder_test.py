@@ -31,13 +31,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import moe_jax  # noqa: E402
 from moe_jax import heads, hf, trainable  # noqa: E402
 from moe_jax.config import PRESETS, ConfigError, ModelConfig  # noqa: E402
 from moe_jax.model import init_model, logical_axes  # noqa: E402
 from moe_jax.tokenizer import HFTokenizer  # noqa: E402
+from parity_util import assert_missing_tensor_is_named, randomize_torch  # noqa: E402
 
 VOCAB, MAX_POS, LABELS = 99, 40, 3
 _BERT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -47,27 +47,10 @@ _BERT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attentio
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
-def _randomize(model, seed: int = 0):
-  """Weights large enough that every block changes the output; non-trivial norms and biases."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=g)
-      if "LayerNorm.weight" in name or "norm.weight" in name:
-        p.copy_(1.0 + 0.3 * noise)
-      elif p.ndim == 1:
-        p.copy_(0.3 * noise)
-      elif "embeddings" in name or "embed_tokens" in name:
-        p.copy_(noise)
-      else:
-        p.copy_(1.5 * noise / p.shape[1] ** 0.5)
-  return model
-
-
 def _hf(cls_name: str, seed: int = 0, **fields):
   config = transformers.BertConfig(**{**_BERT, **fields}, attn_implementation="eager")
   torch.manual_seed(seed)
-  return _randomize(getattr(transformers, cls_name)(config).eval(), seed)
+  return randomize_torch(getattr(transformers, cls_name)(config).eval(), seed)
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +168,7 @@ def test_save_pretrained_loads_in_transformers(bert, tmp_path):
 
 def test_missing_tensor_and_unsupported_config_are_named(bert, tmp_path):
   _, path, _ = bert
-  tensors = load_file(str(path / "model.safetensors"))
-  gone = "encoder.layer.1.attention.self.key.bias"
-  del tensors[gone]
-  (tmp_path / "missing").mkdir()
-  save_file(tensors, str(tmp_path / "missing" / "model.safetensors"))
-  (tmp_path / "missing" / "config.json").write_text((path / "config.json").read_text())
-  with pytest.raises(hf.CheckpointError, match=gone.replace(".", r"\.")):
-    moe_jax.from_pretrained(tmp_path / "missing")
+  assert_missing_tensor_is_named(path, tmp_path, "encoder.layer.1.attention.self.key.bias")
   cfg = json.loads((path / "config.json").read_text())
   with pytest.raises(ConfigError, match="position_embedding_type"):
     ModelConfig.from_hf_dict({**cfg, "position_embedding_type": "relative_key"})
@@ -282,7 +258,7 @@ def test_decoder_sequence_classifier_matches_transformers(side, tmp_path):
                                     max_position_embeddings=64, pad_token_id=0, num_labels=LABELS,
                                     tie_word_embeddings=False, attn_implementation="eager")
   torch.manual_seed(2)
-  causal = _randomize(transformers.LlamaForCausalLM(config).eval(), seed=2)
+  causal = randomize_torch(transformers.LlamaForCausalLM(config).eval(), seed=2)
   causal.save_pretrained(tmp_path)
   ours = moe_jax.from_pretrained(tmp_path)
   head = heads.init_classifier(ours.config, LABELS, seed=3)

@@ -30,7 +30,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import moe_jax  # noqa: E402
 from moe_jax import heads, hf, packages  # noqa: E402
@@ -38,6 +37,7 @@ from moe_jax.classify.configs import MPNET  # noqa: E402
 from moe_jax.config import PRESETS, ConfigError, ModelConfig  # noqa: E402
 from moe_jax.encoder import Encoder, default_positions, relative_position_bucket  # noqa: E402
 from moe_jax.tokenizer import load_tokenizer  # noqa: E402
+from parity_util import assert_missing_tensor_is_named, randomize_torch  # noqa: E402
 
 VOCAB, MAX_POS, PAD = 100, 160, 1
 _MPNET = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -47,27 +47,10 @@ _MPNET = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attenti
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
-def _randomize(model, seed: int = 0):
-  """Weights large enough that every block changes the output; non-trivial norms, biases, bias table."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=g)
-      if "LayerNorm.weight" in name:
-        p.copy_(1.0 + 0.3 * noise)
-      elif p.ndim == 1:
-        p.copy_(0.3 * noise)
-      elif "embeddings" in name or "relative_attention_bias" in name:
-        p.copy_(noise)
-      else:
-        p.copy_(1.5 * noise / p.shape[1] ** 0.5)
-  return model
-
-
 def _hf(cls_name: str = "MPNetModel", seed: int = 0):
   config = transformers.MPNetConfig(**_MPNET, attn_implementation="eager")
   torch.manual_seed(seed)
-  return _randomize(getattr(transformers, cls_name)(config).eval(), seed)
+  return randomize_torch(getattr(transformers, cls_name)(config).eval(), seed)
 
 
 @pytest.fixture(scope="module")
@@ -291,14 +274,7 @@ def test_bad_configs_and_inputs_are_named(tiny, tmp_path):
     ModelConfig.from_hf_dict({**base, "hidden_act": "gelu_fast"})
   with pytest.raises(ValueError, match="token_type_ids"):
     ours.apply(np.full((1, 3), 5, np.int32), token_type_ids=np.zeros((1, 3), np.int32))
-  tensors = load_file(str(path / "model.safetensors"))
-  gone = "encoder.relative_attention_bias.weight"
-  del tensors[gone]
-  (tmp_path / "missing").mkdir()
-  save_file(tensors, str(tmp_path / "missing" / "model.safetensors"))
-  (tmp_path / "missing" / "config.json").write_text((path / "config.json").read_text())
-  with pytest.raises(hf.CheckpointError, match=gone.replace(".", r"\.")):
-    moe_jax.from_pretrained(tmp_path / "missing")
+  assert_missing_tensor_is_named(path, tmp_path, "encoder.relative_attention_bias.weight")
 
 
 def test_missing_split_zip_part_names_the_pip_command(monkeypatch):

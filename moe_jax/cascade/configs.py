@@ -26,7 +26,7 @@ def cascade_config() -> ml_collections.ConfigDict:
       difficulty_file="",  # JSONL with "difficulty" easy/hard (python -m moe_jax.cascade
                            # difficulty); needed when dar_weight > 0
       ramp_steps=0,  # deebert: steps of the off-ramp stage (0 = num_train_steps)
-      thresholds=(0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),  # cascade: tau
+      thresholds=(0.0, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),  # cascade: tau
       entropies=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1),  # deebert: S
       patiences=(),  # pabee: patience values; () = 1 .. layers - 1
   ))

@@ -126,27 +126,28 @@ def select(probs: np.ndarray, exits: np.ndarray) -> np.ndarray:
 
 # Rules as the real run applies them: (state, probs of the live examples) -> exit now? ------
 
-class Threshold:
+class _Stateless:
+  """A rule that looks at the current probabilities only (no state across steps)."""
+
+  def start(self, n: int):
+    return None
+
+
+class Threshold(_Stateless):
   """CascadeBERT's rule: exit where the top probability is strictly above tau."""
 
   def __init__(self, tau: float):
     self.tau = float(tau)
 
-  def start(self, n: int):
-    return None
-
   def __call__(self, state, probs: np.ndarray, rows=None) -> np.ndarray:
     return np.asarray(probs).max(-1) > self.tau
 
 
-class Entropy:
+class Entropy(_Stateless):
   """DeeBERT's rule: exit where the entropy of the prediction is below the threshold."""
 
   def __init__(self, threshold: float):
     self.threshold = float(threshold)
-
-  def start(self, n: int):
-    return None
 
   def __call__(self, state, probs: np.ndarray, rows=None) -> np.ndarray:
     return entropy(probs) < self.threshold

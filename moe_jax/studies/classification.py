@@ -22,7 +22,6 @@ claims held / failed / inconclusive (`moe_jax.studies.classification_report`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -36,6 +35,7 @@ import scipy.sparse
 from moe_jax import train_lib
 from moe_jax.classify import configs, datasets, metrics, task
 from moe_jax.classify import sources
+from moe_jax.studies import common
 from moe_jax.studies.classification_report import SYSTEMS, report
 from moe_jax.tokenizer import load_tokenizer
 
@@ -201,21 +201,8 @@ def run_study(out: str, quick: bool) -> dict:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m moe_jax.studies.classification",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", required=True, help="where runs/, results.json and RESULTS.md go")
-  parser.add_argument("--quick", action="store_true", help="one shipped sample, tiny runs")
-  parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
-  args = parser.parse_args(argv)
-  if args.report_only:
-    with open(os.path.join(args.out, "results.json"), encoding="utf-8") as f:
-      text = report(json.load(f))
-    with open(os.path.join(args.out, "RESULTS.md"), "w", encoding="utf-8") as f:
-      f.write(text)
-    return 0
-  run_study(args.out, args.quick)
-  return 0
+  return common.main("python -m moe_jax.studies.classification", __doc__, run_study,
+                     lambda results, out: report(results), argv)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ written by `moe_jax.studies.icl_anchors_report`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -39,6 +37,7 @@ import numpy as np
 import moe_jax
 from moe_jax import train_lib
 from moe_jax.icl import episodes, experiments as ex, flows, reweight, runner, tasks
+from moe_jax.studies import common
 from moe_jax.studies.icl_anchors_report import report
 from moe_jax.tokenizer import ByteTokenizer, load_tokenizer
 
@@ -63,44 +62,6 @@ def plan(quick: bool) -> Plan:
     return Plan(("sst2-tweets",), (42, 43), 6, 1, 5, 2, 4, "sst2-tweets", 20, 8, True)
   return Plan(("sst2-tweets", "tweets3", "reviews", "reuters"), (42, 43, 44), 32, 2, 5, 3,
               16, "tweets3", 200, 64, False)
-
-
-def _check_plan(p: Plan, out: str) -> None:
-  """The cache under out/runs belongs to one plan: refuse to mix results of two."""
-  path = os.path.join(out, "runs", "plan.json")
-  mine = json.loads(json.dumps(dataclasses.asdict(p)))
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      theirs = json.load(f)
-    if theirs != mine:
-      raise SystemExit(f"{path}: the cached runs were made with another plan ({theirs}); "
-                       f"use another --out or delete {os.path.dirname(path)}")
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(mine, f)
-
-
-def _cached(path: str, fn):
-  """fn()'s JSON-able result, computed once: read back from `path` when it exists."""
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  value = fn()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, default=_jsonable)
-  os.replace(tmp, path)
-  return json.loads(json.dumps(value, default=_jsonable))
-
-
-def _jsonable(x):
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, np.generic):
-    return x.item()
-  raise TypeError(f"not JSON-able: {type(x)}")
 
 
 def _arrays(d: dict) -> dict:
@@ -130,17 +91,17 @@ def _seed_runs(p: Plan, model, tok, name: str, seed: int, where: str) -> dict:
     out["shots5_accuracy"] = ex.accuracy(ex.vanilla(model, ep5), ep5)
     return out
 
-  base = _arrays(_cached(at("vanilla"), vanilla))
+  base = _arrays(common.cached(at("vanilla"), vanilla))
 
   runs = {"vanilla": base}
-  runs["isolation"] = _cached(at("isolation"),
+  runs["isolation"] = common.cached(at("isolation"),
                               lambda: ex.isolation_grid(model, ep, p.isolate_k, base, seed))
-  runs["compression"] = _cached(at("compression"), lambda: {
+  runs["compression"] = common.cached(at("compression"), lambda: {
       **{m: ex.scored(base, ex.compressed(model, ep, m, seed, p.top_draws, base), ep)
          for m in ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")},
       "speed": ex.speedup(model, dataclasses.replace(ep, queries=ep.queries[:p.speed_queries]), 1)})
-  runs["reweight"] = _cached(at("reweight"), lambda: _reweight(model, ep, seed))
-  runs["flows"] = _cached(at("flows"), lambda: flows.normalised(ex.flow_curves(
+  runs["reweight"] = common.cached(at("reweight"), lambda: _reweight(model, ep, seed))
+  runs["flows"] = common.cached(at("flows"), lambda: flows.normalised(ex.flow_curves(
       model, tok, task.template, train, test, seed, p.flow_examples)))
   return runs
 
@@ -169,7 +130,7 @@ def _moe_runs(p: Plan, out: str) -> dict:
   k = max(1, model.config.num_hidden_layers // 4)
   for seed in p.seeds:
     where = os.path.join(out, "runs", "moe", f"seed{seed}.json")
-    results["seeds"][seed] = _cached(where, lambda: _moe_seed(p, model, tok, seed, k))
+    results["seeds"][seed] = common.cached(where, lambda: _moe_seed(p, model, tok, seed, k))
   return results
 
 
@@ -192,7 +153,7 @@ def run_study(out: str, quick: bool, model=None, tokenizer=None) -> dict:
   tiny random one with SmolLM2's tokenizer).
   """
   p = plan(quick)
-  _check_plan(p, out)
+  common.check_plan(p, out)
   path = "a given model"
   if model is None:
     path = train_lib.resolve_data_path(tasks.DEFAULT_MODEL)
@@ -213,10 +174,7 @@ def run_study(out: str, quick: bool, model=None, tokenizer=None) -> dict:
   print(f"[study] the MoE model on synthetic episodes ({time.time() - start:.0f} s)", flush=True)
   results["moe"] = _moe_runs(p, out)
   results["seconds"] = time.time() - start
-  with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, default=_jsonable)
-  with open(os.path.join(out, "RESULTS.md"), "w", encoding="utf-8") as f:
-    f.write(report(json.loads(json.dumps(results, default=_jsonable)), out))
+  common.write_report(out, results, report)
   print(f"[study] wrote {os.path.join(out, 'RESULTS.md')} ({time.time() - start:.0f} s)")
   return results
 
@@ -231,20 +189,7 @@ def _available(name: str) -> bool:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m moe_jax.studies.icl_anchors", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", required=True, help="where runs/, results.json and RESULTS.md go")
-  parser.add_argument("--quick", action="store_true", help="the shipped samples, a few queries")
-  parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
-  args = parser.parse_args(argv)
-  if args.report_only:
-    with open(os.path.join(args.out, "results.json"), encoding="utf-8") as f:
-      text = report(json.load(f), args.out)
-    with open(os.path.join(args.out, "RESULTS.md"), "w", encoding="utf-8") as f:
-      f.write(text)
-    return 0
-  run_study(args.out, args.quick)
-  return 0
+  return common.main("python -m moe_jax.studies.icl_anchors", __doc__, run_study, report, argv)
 
 
 if __name__ == "__main__":
