@@ -187,7 +187,7 @@ def report(results: dict, out: str) -> str:
             "the mean cost paid per example, a model's cost being its active parameters per token "
             "outside the embeddings (12 D^2 a BERT layer: proportional to layers x hidden^2). "
             "Accuracy at a target speed-up is interpolated between the two settings around it "
-            "(cascade: tau in 0.35..1.0; DeeBERT: entropy 0..1.1; PABEE: patience 1..5); "
+            "(cascade: tau in 0..1.0; DeeBERT: entropy 0..1.1; PABEE: patience 1..5); "
             "'not reached' where some seed's settings do not span it. MiniLM-2L costs a third of "
             "MiniLM-6L, so this two-stage cascade cannot pass 3x; PABEE needs two layers, so "
             "neither can it.", ""] + table
