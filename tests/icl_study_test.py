@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from moe_jax.studies import icl_anchors, icl_anchors_report, stats
+from moe_jax.studies import common, icl_anchors, icl_anchors_report, stats
 
 
 def test_paired_verdict_and_nan_handling_by_hand():
@@ -92,5 +92,5 @@ def test_quick_study_writes_results_and_reuses_its_runs(tmp_path, monkeypatch, s
   # A second call recomputes nothing: every (task, seed, experiment) is read back.
   monkeypatch.setattr(icl_anchors.ex, "isolated", lambda *a, **k: pytest.fail("recomputed a run"))
   again = icl_anchors.run_study(str(tmp_path), quick=True, model=model, tokenizer=tok)
-  dump = lambda x: json.dumps(x, sort_keys=True, default=icl_anchors._jsonable)
+  dump = lambda x: json.dumps(x, sort_keys=True, default=common.jsonable)
   assert dump(again["tasks"]) == dump(results["tasks"])
