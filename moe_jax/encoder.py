@@ -94,6 +94,11 @@ _ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
                 "relu": jax.nn.relu, "silu": jax.nn.silu}
 
 
+def activation(config: ModelConfig):
+  """The MLP's activation function (`hidden_act`), as the encoder applies it."""
+  return _ACTIVATIONS[config.hidden_act]
+
+
 def _layer_norm(c: ModelConfig, name: str) -> nn.LayerNorm:
   # Two-pass variance: BERT's activations have large means, where E[x^2] - E[x]^2 loses digits.
   return nn.LayerNorm(

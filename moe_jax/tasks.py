@@ -12,6 +12,8 @@ task brings only its data, its loss and its metrics:
   classify  text classification on any family: configs/classify_*.py (`moe_jax.classify`)
   cascade   a cascade of complete encoders or an early-exit baseline: configs/cascade_*.py
             (`moe_jax.cascade`)
+  purify    defend a backdoored classifier and fine-tune it on clean data: configs/purify_*.py
+            (`moe_jax.purify`)
 
 A new task is a function here (or in its own package) and a line in `TASKS`;
 the engine below (`train_lib`, `steps`) does not know the tasks.
@@ -29,6 +31,7 @@ from moe_jax.cascade import task as cascade_task
 from moe_jax.classify import task as classify_task
 from moe_jax.prm import training as prm_training
 from moe_jax.prm.ppo import task as ppo_task
+from moe_jax.purify import task as purify_task
 
 
 def lm(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -51,6 +54,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
     "ppo": ppo_task.run,
     "classify": classify_task.run,
     "cascade": cascade_task.run,
+    "purify": purify_task.run,
 }
 
 

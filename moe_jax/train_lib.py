@@ -465,7 +465,8 @@ def _sample(model: Model, tokenizer, cfg) -> str:
 def _print_summary(s: dict) -> None:
   if "eval_loss_before" in s and "eval_loss_after" in s:
     print(f"eval loss: {s['eval_loss_before']:.4f} before, {s['eval_loss_after']:.4f} after")
-  print(f"trainable parameters: {s['trainable_params']:,} of {s['total_params']:,} "
-        f"({100 * s['trainable_fraction']:.2f}%)")
+  if "trainable_params" in s:  # a task may end without training (purify's defence "none")
+    print(f"trainable parameters: {s['trainable_params']:,} of {s['total_params']:,} "
+          f"({100 * s['trainable_fraction']:.2f}%)")
   if "heatmap" in s:
     print(f"routing heatmap: {s['heatmap']}")

