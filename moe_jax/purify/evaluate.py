@@ -43,4 +43,4 @@ def attack_metrics(model: Model, data, seq_len: int, tokenizer=None) -> dict:
   trig = predictions(model, tok, data.triggered.texts, seq_len)
   return {"accuracy": float(np.mean(pred == np.asarray(data.test.labels))),
           "asr": attacks.attack_success_rate(trig, data.attack),
-          "test_examples": len(pred), "triggered_examples": len(trig)}
+          "test_examples": len(pred), "triggered_examples": len(trig), "seq_len": seq_len}

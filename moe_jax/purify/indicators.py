@@ -23,6 +23,8 @@ top-rho of each tensor); ties break towards the earlier dimension.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,8 +64,13 @@ def drift(w_init, w_ft) -> tuple[dict, list[str]]:
   for n, x in init.items():
     if np.shape(x) != np.shape(ft[n]):
       raise ValueError(f"tensor {n!r}: w_init has shape {np.shape(x)}, w_ft {np.shape(ft[n])}")
-  delta = {n: jnp.asarray(ft[n], jnp.float32) - jnp.asarray(x, jnp.float32) for n, x in init.items()}
-  return delta, [n for n in ft if n not in init]
+  return _subtract({n: ft[n] for n in init}, init), [n for n in ft if n not in init]
+
+
+@jax.jit
+def _subtract(ft: dict, init: dict) -> dict:
+  # One program for every tensor: eager ops would compile one per op and shape.
+  return {n: jnp.asarray(ft[n], jnp.float32) - jnp.asarray(x, jnp.float32) for n, x in init.items()}
 
 
 def scores(kind: str, delta: dict, curvature: dict | None = None, eps: float | None = None,
@@ -72,11 +79,9 @@ def scores(kind: str, delta: dict, curvature: dict | None = None, eps: float | N
   if kind not in KINDS:
     raise ValueError(f"indicator kind {kind!r} is not one of {KINDS}")
   if kind == "magnitude":
-    return {n: jnp.abs(d) for n, d in delta.items()}
+    return _score(kind, delta, {}, 0.0, None)
   if kind == "random":
-    key = jax.random.key(0) if key is None else key
-    return {n: jax.random.uniform(jax.random.fold_in(key, i), d.shape)
-            for i, (n, d) in enumerate(delta.items())}
+    return _score(kind, delta, {}, 0.0, jax.random.key(0) if key is None else key)
   if curvature is None:
     raise ValueError(f"indicator {kind!r} needs the clean curvature diagonal")
   h = _named(curvature)
@@ -84,8 +89,18 @@ def scores(kind: str, delta: dict, curvature: dict | None = None, eps: float | N
   if absent:
     raise ValueError(f"the curvature has no tensor {absent[0]!r} ({len(absent)} missing)")
   if eps is None:
-    total = sum(float(jnp.sum(h[n])) for n in delta)
+    total = float(jax.jit(lambda t: sum(jnp.sum(x) for x in t.values()))({n: h[n] for n in delta}))
     eps = 1e-8 * total / max(sum(d.size for d in delta.values()), 1) or 1e-30
+  return _score(kind, delta, {n: h[n] for n in delta}, eps, None)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def _score(kind: str, delta: dict, h: dict, eps, key) -> dict:
+  if kind == "magnitude":
+    return {n: jnp.abs(d) for n, d in delta.items()}
+  if kind == "random":
+    return {n: jax.random.uniform(jax.random.fold_in(key, i), d.shape)
+            for i, (n, d) in enumerate(delta.items())}
   if kind == "ratio":
     return {n: jnp.square(d) / (h[n] + eps) for n, d in delta.items()}
   return {n: 2 * jnp.log(jnp.abs(d)) - jnp.log(h[n] + eps) for n, d in delta.items()}
@@ -107,6 +122,11 @@ def select_mask(score: dict, rho: float, scope: str = "global") -> dict:
   _check_rho(rho)
   if scope not in SCOPES:
     raise ValueError(f"scope {scope!r} is not one of {SCOPES}")
+  return _select(score, rho, scope)
+
+
+@functools.partial(jax.jit, static_argnames=("rho", "scope"))
+def _select(score: dict, rho: float, scope: str) -> dict:
   if scope == "per_tensor":
     return {n: _top(s.ravel(), round(rho * s.size)).reshape(s.shape) for n, s in score.items()}
   names = list(score)
@@ -130,7 +150,12 @@ def reset(w_init, w_ft, mask: dict):
       raise ValueError(f"mask tensor {n!r} is not in both w_init and w_ft")
     if m.shape != np.shape(ft[n]):
       raise ValueError(f"mask tensor {n!r} has shape {m.shape}, the weight {np.shape(ft[n])}")
-  out = {n: (jnp.where(mask[n], jnp.asarray(init[n], x.dtype), x) if n in mask else x)
-         for n, x in ft.items()}
+  out = dict(ft)
+  out.update(_where(mask, {n: init[n] for n in mask}, {n: ft[n] for n in mask}))
   return _unflatten(out)
+
+
+@jax.jit
+def _where(mask: dict, init: dict, ft: dict) -> dict:
+  return {n: jnp.where(m, jnp.asarray(init[n], ft[n].dtype), ft[n]) for n, m in mask.items()}
 

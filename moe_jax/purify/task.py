@@ -93,8 +93,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   pretrained = from_pretrained(train_lib.resolve_data_path(p.pretrained))
   seq_len = cfg.data.seq_len
   clean_rows = classify_task.labelled_rows(data.clean, tok, suspect.config, seq_len)
+  known = data.info.get("suspect", {})  # measured by the attack, at its seq_len
   summary = {"suspect": p.suspect, "attack": data.info, "defence": p.defence, "rho": p.rho,
-             "metrics_suspect": evaluate.attack_metrics(suspect, data, seq_len, tok)}
+             "metrics_suspect": known if known.get("seq_len") == seq_len
+             else evaluate.attack_metrics(suspect, data, seq_len, tok)}
   params, report = defend(cfg, suspect, pretrained, clean_rows, trigger_token_ids(data, tok))
   model = Model(suspect.config, {**suspect.variables, "params": params})
   summary["metrics_reset"] = evaluate.attack_metrics(model, data, seq_len, tok)
