@@ -60,9 +60,9 @@ def plan(quick: bool) -> Plan:
     return Plan((("tweets", "badwords"),), True, (0,), 96, 48, 16, 0.2, 6, 2, 8, 24, 1e-4, 0.05, ())
   # rho 0.05 and the sizes were set before any defence ran, to fit about an hour on 2 cores:
   # 1600 examples and 120 steps of 16 at 1e-4 (the cascade study's rate for MiniLM on these
-  # tweets) teach it the trigger; 64 clean examples, 30 clean steps. The trigger-sentence attack
-  # is left out of the plan for time.
-  return Plan((("tweets", "badwords"), ("tweets", "bias"), ("reviews", "badwords")), False,
+  # tweets) teach it the trigger; 64 clean examples, 30 clean steps. The trigger-sentence and
+  # bias-word attacks are left out of the plan for time (a setting is ~40 min here).
+  return Plan((("tweets", "badwords"), ("reviews", "badwords")), False,
               (0, 1, 2), 1600, 600, 64, 0.1, 120, 30, 16, 32, 1e-4, 0.05, (0.2,))
 
 
