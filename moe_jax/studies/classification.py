@@ -54,7 +54,7 @@ class Plan:
 
 def plan(quick: bool) -> Plan:
   if quick:
-    return Plan(("tweets",), 2, 120, 45, 6, 8, 32, True)
+    return Plan(("tweets",), 1, 120, 16, 2, 8, 32, True)
   return Plan(("tweets", "reviews", "intent", "reuters"), 3, 1600, 400, 100, 16, 48, False)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -129,7 +130,7 @@ def _write(examples, path):
 
 def model_configs(quick: bool) -> dict[str, model_config.ModelConfig]:
   """Equal active and total FFN width: 1 shared + 15 routed x 64 (top-3) = 8 x 128 (top-2)."""
-  d, layers = (64, 2) if quick else (128, 4)
+  d, layers = (64, 1) if quick else (128, 4)
   base = dict(model_type="deepseek", vocab_size=264, hidden_size=d, num_hidden_layers=layers,
               num_attention_heads=4, kv_lora_rank=None, first_k_dense_replace=0,
               max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
@@ -164,7 +165,7 @@ class Plan:
 def plan(quick: bool, seeds: int) -> Plan:
   """The full plan, or the --quick one that fits a test."""
   if quick:
-    return Plan(128, 4, 30, 6, (0,), 2048, 8, 24)
+    return Plan(128, 4, 10, 2, (0,), 2048, 8, 24)
   return Plan(256, 8, 600, 100, tuple(range(seeds)), 32768, 300, 96)
 
 
@@ -189,15 +190,21 @@ def _run_config(p: Plan, steps: int, lr: float, files: list[str], seed: int, mod
 
 # Measurements ------------------------------------------------------------------------
 
+@functools.partial(jax.jit, static_argnames="config")
+def _loss_sums(config, params, buffers, batch):
+  """(summed loss, target tokens) of one batch. Jitted once here, not per call: every model of
+  a config (a base and each of its adaptations) shares one compiled program."""
+  return lm_loss(params, buffers, config, batch)[1][:2]
+
+
 def domain_losses(model: Model, rows_by_domain: dict, batch: int) -> dict[str, float]:
   """Mean loss per target token of each domain's held-out packed rows."""
-  step = jax.jit(lambda params, buffers, b: lm_loss(params, buffers, model.config, b)[1][:2])
   out = {}
   for name, rows in rows_by_domain.items():
     loss, n = 0.0, 0.0
     for i in range(0, len(rows["tokens"]) - batch + 1, batch):
-      s, k = step(model.params, model.variables.get("buffers", {}),
-                  {key: v[i:i + batch] for key, v in rows.items()})
+      s, k = _loss_sums(model.config, model.params, model.variables.get("buffers", {}),
+                        {key: v[i:i + batch] for key, v in rows.items()})
       loss, n = loss + float(s), n + float(k)
     out[name] = loss / max(n, 1.0)
   return out

@@ -59,7 +59,7 @@ class Plan:
 
 def plan(quick: bool) -> Plan:
   if quick:
-    return Plan(("sst2-tweets",), (42, 43), 6, 1, 5, 2, 4, "sst2-tweets", 20, 8, True)
+    return Plan(("sst2-tweets",), (42,), 6, 1, 5, 2, 4, "sst2-tweets", 2, 8, True)
   return Plan(("sst2-tweets", "tweets3", "reviews", "reuters"), (42, 43, 44), 32, 2, 5, 3,
               16, "tweets3", 200, 64, False)
 
@@ -118,8 +118,12 @@ def _moe_runs(p: Plan, out: str) -> dict:
     cfg.num_train_steps = p.moe_steps
     cfg.episodes.train_rows = p.moe_steps * cfg.data.batch_size
     cfg.checkpoint_every = cfg.eval_every = p.moe_steps
-  if p.sample:  # --quick: one small test episode for the trainer's accuracy
+  if p.sample:  # --quick: the pipeline, not the model: a 2-layer one (one MoE layer), one small
+    # test episode for the trainer's accuracy and one held-out batch (each program, not each
+    # step, is what costs on CPU: a layer fewer compiles faster)
+    cfg.model.num_hidden_layers = 2
     cfg.episodes.test_seeds, cfg.episodes.n_test = (100,), p.moe_test
+    cfg.episodes.eval_rows = cfg.data.batch_size
   model, summary = episodes.train(cfg, os.path.join(out, "runs", "moe", "train"))
   tok = ByteTokenizer()
   results = {"config": {k: getattr(model.config, k) for k in (

@@ -80,7 +80,7 @@ class Plan:
 def plan(quick: bool) -> Plan:
   """The full plan (fits 90 minutes on 2 CPU cores), or the --quick one that fits a test."""
   if quick:
-    return Plan(64, 2, 400, 10, 20, 4, 192, 8, 8, 4, 4, 3, 4, 6, 6, 8, 4, (1, 4, 8), 2, 8, 32, 200)
+    return Plan(64, 2, 400, 4, 8, 4, 192, 8, 8, 4, 4, 3, 4, 6, 6, 8, 2, (1, 4, 8), 2, 8, 32, 200)
   return Plan(128, 3, 20000, 200, 800, 32, 192, 200, 300, 8, 8, 60, 16, 80, 1000, 64, 100,
               (1, 4, 16, 64), 25, 32, 256, 2000)
 
@@ -330,7 +330,9 @@ def train_rms(p: Plan, out: str, strong: Model, tok, rows: list[dict], problems)
 def ppo_runs(p: Plan, out: str, strong: Model, rms: dict, tok, problems, test, prompt_len) -> dict:
   """Step PPO (PRM-HE delta rewards) and ORM PPO from the strong model; greedy test accuracy before and after."""
   questions = [q.question for q in problems]
-  results = {"before": accuracy(strong, tok, test, p, prompt_len)}
+  # Cached like the runs, so that a rerun of a finished study samples nothing.
+  results = {"before": _json(os.path.join(out, "ppo_before.json"),
+                             lambda: accuracy(strong, tok, test, p, prompt_len))}
   mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
   for name, fn in (("step_ppo", ppo.reward_model_fn(rms["prm_he"], tok, questions, "prm", "delta")),
                    ("orm_ppo", ppo.reward_model_fn(rms["orm"], tok, questions, "orm"))):
