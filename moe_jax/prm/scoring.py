@@ -39,9 +39,19 @@ def score_solutions(model: Model, tokenizer, items: Sequence[tuple[str, Sequence
   by_width = defaultdict(list)
   for i, enc in enumerate(encoded):
     by_width[-(-len(enc["tokens"]) // _WIDTH_BUCKET) * _WIDTH_BUCKET].append(i)
+  # Each width is one more program to compile, and a group is scored in batches of batch_size
+  # rows (the last padded), so a width with fewer solutions than a batch joins the next wider
+  # one instead: a few hundred solutions of scattered lengths compile a handful of programs, not
+  # one per width. The widest width takes whatever is left.
+  widths, groups, pending = sorted(by_width), [], []
+  for width in widths:
+    pending += by_width[width]
+    if len(pending) >= batch_size or width == widths[-1]:
+      groups.append((width, pending))
+      pending = []
   out = [[] for _ in items]
   bar = progress(len(items), 0, "score", len(items) >= 1000 if show_progress is None else show_progress)
-  for width, group in sorted(by_width.items()):
+  for width, group in groups:
     for c in range(0, len(group), _CHUNK):
       idx = group[c:c + _CHUNK]
       # Packing keeps the solutions in order, and score_rows reads score positions row-major,
