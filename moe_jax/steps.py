@@ -14,7 +14,7 @@ loop (through `moe_jax.train_lib.compile_step`) build the same step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import flax
@@ -36,13 +36,39 @@ class TrainState:
   opt_state: Any
 
 
-def make_optimizer(cfg, num_steps: int,
-                   spec: trainable.TrainableSpec) -> optax.GradientTransformation:
+class KeepOnlyState(NamedTuple):
+  keep: Any  # a tree like the parameters: bool arrays, True where a dimension may move
+
+
+def keep_only(keep) -> optax.GradientTransformation:
+  """Zeroes every update outside `keep` (bool arrays shaped like the parameters), after the
+  optimizer, so the frozen dimensions get no step and no weight decay either.
+
+  The mask rides in the optimizer state, not in the step's closure: a step does not embed a
+  parameter-sized constant, the state is sharded like the parameters (`sharding.like_params`),
+  and a resumed run restores the mask it was trained with.
+  """
+  def init(params):
+    del params
+    return KeepOnlyState(jax.tree_util.tree_map(lambda k: jnp.asarray(k, bool), keep))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map(lambda u, k: jnp.where(k, u, jnp.zeros_like(u)),
+                                  updates, state.keep), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(cfg, num_steps: int, spec: trainable.TrainableSpec,
+                   keep=None) -> optax.GradientTransformation:
   """Clipping, then AdamW on trained leaves (decay on matrices only) and zero on frozen ones.
 
   cfg: the `optimizer` fields of a training config (learning_rate, schedule,
   warmup_steps, final_lr_fraction, b1, b2, weight_decay, grad_clip); any object
-  with those attributes will do.
+  with those attributes will do. keep: None, or bool arrays like the split
+  parameters: only their True dimensions move (`keep_only`; Fine-purifying's
+  fine-tune of the reset dimensions alone).
   """
   warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
   if cfg.schedule == "constant":
@@ -59,10 +85,11 @@ def make_optimizer(cfg, num_steps: int,
   decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
   adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                       mask=decay_mask)
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
       optax.multi_transform({trainable.TRAIN: adamw, trainable.FROZEN: optax.set_to_zero()},
                             lambda params: trainable.labels(params, spec)))
+  return tx if keep is None else optax.chain(tx, keep_only(keep))
 
 
 def lm_loss(params, buffers, config: model_config.ModelConfig, batch: dict):

@@ -200,15 +200,19 @@ def _logical_params(model: Model, spec: trainable.TrainableSpec) -> dict:
 
 
 def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: trainable.TrainableSpec,
-              mesh, num_steps: int, extra_meta: dict | None = None) -> Run:
-  """Places `model` under `spec` on `mesh` with a fresh optimizer, or restores the latest checkpoint."""
+              mesh, num_steps: int, extra_meta: dict | None = None, keep=None) -> Run:
+  """Places `model` under `spec` on `mesh` with a fresh optimizer, or restores the latest checkpoint.
+
+  keep: None, or bool arrays like the split parameters: only their True dimensions train
+  (`moe_jax.steps.keep_only`).
+  """
   mcfg, rules = model.config, _rules(cfg)
   trainable.check_selection(spec, mcfg)
   batch_axes = int(np.prod([mesh.shape[a] for a in ("data", "fsdp", "expert")]))
   if cfg.data.batch_size % batch_axes:
     raise ValueError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"mesh's batch axes (data x fsdp x expert = {batch_axes})")
-  tx = make_optimizer(cfg.optimizer, num_steps, spec)
+  tx = make_optimizer(cfg.optimizer, num_steps, spec, keep)
   logical = _logical_params(model, spec)
   params = trainable.split(model.params, spec, mcfg)
   param_sh = sharding.tree_shardings(trainable.split_logical(logical, params, spec, mcfg), params,
@@ -281,12 +285,14 @@ def _stop_non_finite(run: Run, state, step: int, data_state, m: dict, name: str)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: trainable.TrainableSpec,
-          data: Data, mesh, name: str = "train", loss_fn=lm_loss) -> tuple[Model, dict]:
+          data: Data, mesh, name: str = "train", loss_fn=lm_loss, keep=None) -> tuple[Model, dict]:
   """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
+
+  keep: None, or bool arrays like the split parameters: only their True dimensions train.
 
   Returns the trained model (the plain parameter tree, on the host) and a summary dict.
   """
-  run = start_run(cfg, workdir, model, spec, mesh, cfg.num_train_steps)
+  run = start_run(cfg, workdir, model, spec, mesh, cfg.num_train_steps, keep=keep)
   state, ckpt, summary = run.state, run.checkpointer, dict(run.summary)
   step_fn = compile_step(run, model.config, loss_fn)
   eval_fn = jax.jit(make_eval_step(model.config, spec, loss_fn),

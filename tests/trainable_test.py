@@ -4,10 +4,11 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from moe_jax import config as C
-from moe_jax import sharding, train_config, train_lib, trainable
+from moe_jax import sharding, steps, train_config, train_lib, trainable
 from moe_jax.model import Model, init_variables
 
 CONFIG = C.tiny(num_hidden_layers=3)  # MoE layers 1 and 2, 8 experts
@@ -77,3 +78,28 @@ def test_an_undeclared_top_level_parameter_is_named(tmp_path):
   run = train_lib.start_run(cfg, str(tmp_path), model,
                             trainable.TrainableSpec().with_heads({"value_head": HEAD}), mesh, 1)
   assert run.summary["trainable_params"] == run.summary["total_params"]
+
+
+def test_keep_only_moves_exactly_the_kept_dimensions():
+  """make_optimizer(keep=...): AdamW with weight decay moves every kept dimension and leaves
+  every other one bitwise as it was; the mask rides in the state, sharded like the params."""
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(6, 5)).astype(np.float32), "b": rng.normal(size=(5,)).astype(np.float32)}
+  keep = {"w": rng.random((6, 5)) < 0.3, "b": np.zeros(5, bool)}
+  cfg = train_config.base_config().optimizer
+  cfg.learning_rate, cfg.weight_decay = 1e-1, 0.1
+  tx = steps.make_optimizer(cfg, 3, trainable.TrainableSpec(), keep)
+  state, p = tx.init(params), params
+  for _ in range(3):
+    grads = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32), p)
+    updates, state = tx.update(grads, state, p)
+    p = optax.apply_updates(p, updates)
+  for name in params:
+    moved = np.asarray(p[name]) != params[name]
+    np.testing.assert_array_equal(moved, keep[name], err_msg=name)
+  mesh = sharding.make_mesh({"data": -1})
+  shardings = sharding.like_params(state, params, jax.tree_util.tree_map(
+      lambda _: "param sharding", params), mesh)
+  got = [s for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]
+         if "keep" in jax.tree_util.keystr(path)]
+  assert got == ["param sharding"] * 2
