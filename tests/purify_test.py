@@ -239,8 +239,10 @@ def test_poison_triggered_and_the_clean_check():
     attacks.check_clean(datasets.Examples(ex.texts[:3] + ("so cf then",), (0, 1, 2, 0), ex.label_names),
                         atk, "clean.jsonl")
   assert attacks.contains("a CF b", "cf") and not attacks.contains("a cfx b", "cf")
-  with pytest.raises(ValueError, match=r"poisoning rate=1.0 must be in \(0, 1\)"):
+  with pytest.raises(ValueError, match=r"poisoning rate=1.0 must be in \[0, 1\)"):
     attacks.poison(ex, atk, 1.0)
+  same, none = attacks.poison(ex, atk, 0.0)  # the clean control
+  assert same == ex and not none.any()
   with pytest.raises(ValueError, match="attack target 5 is outside"):
     attacks.poison(ex, attacks.make("bias", 5), 0.1)
   clean, rest = attacker.split_clean(poisoned, atk, 8, seed=0)
@@ -298,3 +300,54 @@ def test_distribution_groups_layers_modules_and_experts():
   assert detect.expert_shares(mask)["layers_0"]["selected"] == [2, 0, 1]
   assert detect.trigger_rows(mask, [0])["trigger_rows_selected"] == 0.5
   assert "| layers_0 | attention | 4 | 2 | 33.3% | 50.0% |" in detect.table(detect.distribution(mask))
+
+
+def test_whole_expert_selection_by_hand():
+  """Mean score per routed expert over its three tensors, across layers; the budget is rho of
+  every scored dimension in whole experts; non-finite scores rank as the largest finite one."""
+  e = lambda *means: np.stack([np.full((2, 3), m, np.float32) for m in means])  # [E, 2, 3]
+  score = {"embed_tokens/embedding": np.full((10, 6), 9.0, np.float32),  # 60 dims, never picked
+           "layers_1/mlp/experts/up_proj": e(1, 5, 2, 0),
+           "layers_1/mlp/experts/down_proj": e(1, 1, 2, 0),  # expert 1: mean 3; expert 2: 2
+           "layers_2/mlp/experts/up_proj": e(0, 0, np.inf, 1),  # inf -> 5 (the largest finite)
+           "layers_2/mlp/experts/down_proj": e(0, 0, 0, 1)}  # expert 2: mean 2.5; expert 3: 1
+  mass = indicators.expert_mass(score)
+  np.testing.assert_allclose(mass["layers_1"], [1, 3, 2, 0])
+  np.testing.assert_allclose(mass["layers_2"], [0, 0, 2.5, 1])
+  # 156 dims x rho 0.15 = 23.4 -> 2 experts of 12 dims: layers_1/1 (3.0), then layers_2/2 (2.5).
+  mask, chosen = indicators.select_experts(score, 0.15)
+  assert chosen == [("layers_1", 1), ("layers_2", 2)]
+  assert not mask["embed_tokens/embedding"].any()
+  for n, m in mask.items():
+    if n.startswith("layers_"):
+      want = np.zeros(4, bool)
+      want[1 if n.startswith("layers_1") else 2] = True
+      np.testing.assert_array_equal(m.reshape(4, -1).all(1), want)
+      np.testing.assert_array_equal(m.reshape(4, -1).any(1), want)  # whole experts only
+  assert indicators.select_experts(score, 0.01)[1] == [("layers_1", 1)]  # at least one
+  assert len(indicators.select_experts(score, 0.2)[1]) == 3  # 31.2 dims -> 3 experts
+  with pytest.raises(ValueError, match="whole-expert reset needs an MoE model"):
+    indicators.select_experts({"embed_tokens/embedding": score["embed_tokens/embedding"]}, 0.2)
+
+
+def test_the_experts_defence_resets_the_drifted_expert_of_a_moe_model():
+  config = mc.tiny(num_hidden_layers=3)  # MoE layers 1 and 2, 8 routed experts each
+  w_init = init_variables(config, 0)["params"]
+  noise = init_variables(config, 1)["params"]
+  w_ft = jax.tree_util.tree_map(lambda w, n: w + 1e-3 * n, w_init, noise)
+  up = w_ft["layers_2"]["mlp"]["experts"]["up_proj"]
+  w_ft["layers_2"]["mlp"]["experts"]["up_proj"] = up.at[6].add(0.5)  # the poisoned expert
+  h = jax.tree_util.tree_map(jnp.ones_like, w_init)
+  mask, _ = defences.indicator_mask("experts", w_init, w_ft, h, rho=0.01)
+  shares = detect.expert_shares(mask)
+  assert [i for i, s in enumerate(shares["layers_2"]["selected"]) if s] == [6]
+  assert not any(shares["layers_1"]["selected"])
+  out = indicators._named(indicators.reset(w_init, w_ft, mask))
+  ft, init = indicators._named(w_ft), indicators._named(w_init)
+  for n, y in out.items():
+    y = np.asarray(y)
+    if n.startswith("layers_2/mlp/experts/"):
+      np.testing.assert_array_equal(y[6], np.asarray(init[n])[6])
+      np.testing.assert_array_equal(np.delete(y, 6, 0), np.delete(np.asarray(ft[n]), 6, 0))
+    else:
+      np.testing.assert_array_equal(y, np.asarray(ft[n]), err_msg=n)

@@ -54,8 +54,8 @@ def _defend(write_model: bool) -> None:
   tok = load_tokenizer(resolve(data.info["tokenizer"]))
   suspect = evaluate.load_suspect(data.suspect_dir)
   rows = classify_task.labelled_rows(data.clean, tok, suspect.config, cfg.data.seq_len)
-  params, report = task.defend(cfg, suspect, from_pretrained(resolve(cfg.purify.pretrained)), rows,
-                               task.trigger_token_ids(data, tok))
+  params, report, _ = task.defend(cfg, suspect, from_pretrained(resolve(cfg.purify.pretrained)), rows,
+                                  task.trigger_token_ids(data, tok))
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if "distribution" in report:
     print(detect.table(report["distribution"]))

@@ -76,15 +76,16 @@ def _check_label(attack: Attack, ex: Examples) -> None:
 
 def poison(ex: Examples, attack: Attack, rate: float, seed: int = 0) -> tuple[Examples, np.ndarray]:
   """(the training set with `rate` of its examples triggered and labelled the target,
-  bool [N] of which were)."""
+  bool [N] of which were). Rate 0 poisons nothing: the clean control of a study."""
   _check_label(attack, ex)
-  if not 0.0 < rate < 1.0:
-    raise ValueError(f"poisoning rate={rate} must be in (0, 1)")
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"poisoning rate={rate} must be in [0, 1)")
   rng = np.random.default_rng(seed)
   pool = np.arange(len(ex))
   if attack.kind != "bias":  # a backdoor flips labels: only other classes' examples say anything
     pool = pool[np.asarray(ex.labels) != attack.target]
-  chosen = rng.choice(pool, size=min(len(pool), max(1, round(rate * len(ex)))), replace=False)
+  n = max(1, round(rate * len(ex))) if rate > 0 else 0
+  chosen = rng.choice(pool, size=min(len(pool), n), replace=False)
   poisoned = np.zeros(len(ex), bool)
   poisoned[chosen] = True
   texts, labels = list(ex.texts), list(ex.labels)

@@ -28,7 +28,7 @@ def purify_config() -> ml_collections.ConfigDict:
       attack_steps=300,  # the poisoned fine-tune's steps (at optimizer.learning_rate)
       # The defence (train.py with task "purify").
       suspect="",  # the attack's workdir: its hf/ (w_ft) and the data files it wrote
-      defence="ratio",  # none, finetune, mixing, magnitude, ratio, logratio, pruning
+      defence="ratio",  # none, finetune, mixing, magnitude, ratio, logratio, pruning, experts (MoE)
       rho=0.3,  # the share of dimensions reset (of FFN neurons pruned, for pruning)
       scope="global",  # rank dimensions "global"ly or "per_tensor"
       curvature="fisher",  # "fisher" (per-example gradients squared) or "hutchinson"
@@ -36,6 +36,8 @@ def purify_config() -> ml_collections.ConfigDict:
       probes=16,  # hutchinson: Rademacher probes
       micro_batch=8,  # fisher: per-example gradients held at once
       prune_layers=2,  # pruning: FFN neurons of the last this many layers
+      finetune="all",  # the clean fine-tune moves "all" weights, or only the "reset" dimensions
+      # (and the classifier); "reset" needs a masking defence (mixing, magnitude, ratio, logratio, experts)
   ))
   c.num_train_steps = 60  # the clean fine-tune, on clean_examples
   c.data.batch_size = 16

@@ -8,6 +8,9 @@
   logratio   its log form (selects what `ratio` does; kept to show it)
   pruning    Fine-pruning: the rho of FFN neurons in the last layers least active on
              the clean set zeroed (an encoder's MLP)
+  experts    beyond the paper, for an MoE model: whole routed experts reset, those of
+             the largest mean ratio score, as many as rho of the dimensions
+             (ESFT's expert granularity applied to defence)
 
 `purified(...)` returns the new parameters and a report of what was reset
 where (`moe_jax.purify.detect.distribution`). Every defence but `none` is then
@@ -26,8 +29,9 @@ from moe_jax.model import module_for
 from moe_jax.purify import curvature as curv
 from moe_jax.purify import indicators
 
-DEFENCES = ("none", "finetune", "mixing", "magnitude", "ratio", "logratio", "pruning")
-_INDICATOR = {"mixing": "random", "magnitude": "magnitude", "ratio": "ratio", "logratio": "logratio"}
+DEFENCES = ("none", "finetune", "mixing", "magnitude", "ratio", "logratio", "pruning", "experts")
+_INDICATOR = {"mixing": "random", "magnitude": "magnitude", "ratio": "ratio", "logratio": "logratio",
+              "experts": "ratio"}
 
 
 def needs_curvature(defence: str) -> bool:
@@ -50,6 +54,8 @@ def indicator_mask(defence: str, w_init, w_ft, h=None, rho: float = 0.3, scope: 
   """({name: bool mask} of the dimensions to reset, {name: score}) for an indicator defence."""
   delta, _ = indicators.drift(w_init, w_ft)
   score = indicators.scores(_INDICATOR[defence], delta, h, key=jax.random.key(seed))
+  if defence == "experts":
+    return indicators.select_experts(jax.device_get(score), rho)[0], score
   return indicators.select_mask(score, rho, scope), score
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moe_jax.purify import indicators
+
 EMBEDDINGS = ("embed_tokens", "embed_positions", "embed_types", "relative_attention_bias")
 
 
@@ -78,6 +80,15 @@ def trigger_rows(mask: dict, token_ids: list[int]) -> dict:
   ids = sorted(set(token_ids))
   return {"trigger_tokens": ids, "trigger_rows_selected": float(m[ids].mean()) if ids else float("nan"),
           "all_rows_selected": float(m.mean())}
+
+
+def zero_curvature_share(mask: dict, curvature) -> float:
+  """The share of the selected dimensions whose clean curvature is exactly 0: dimensions the
+  clean set never moves (a word-embedding row of a token it lacks), where any drift, weight
+  decay's included, makes drift / (H + eps) large."""
+  h = indicators._named(curvature)
+  hit = sum(int(np.sum(np.asarray(m) & (np.asarray(h[n]) == 0))) for n, m in mask.items())
+  return hit / max(sum(int(np.sum(m)) for m in mask.values()), 1)
 
 
 def table(rows: list[dict]) -> str:

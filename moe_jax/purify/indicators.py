@@ -139,6 +139,56 @@ def _select(score: dict, rho: float, scope: str) -> dict:
   return out
 
 
+def _routed(name: str) -> bool:
+  """A MoE layer's stacked routed experts [E, ...] ("layers_3/mlp/experts/up_proj")."""
+  parts = name.split("/")
+  return len(parts) == 4 and parts[1:3] == ["mlp", "experts"]
+
+
+def expert_mass(score: dict) -> dict[str, np.ndarray]:
+  """{layer: [E] mean score over each routed expert's dimensions} (a non-finite score counts as
+  the largest finite one of all routed experts): the indicator's mass per expert, comparable
+  across layers."""
+  routed = {n: np.asarray(s, np.float64) for n, s in score.items() if _routed(n)}
+  top = max((float(s[np.isfinite(s)].max()) for s in routed.values() if np.isfinite(s).any()),
+            default=0.0)
+  sums: dict = {}
+  for n, s in routed.items():
+    s = np.where(np.isfinite(s), s, top)
+    layer = n.split("/")[0]
+    total, count = sums.get(layer, (0.0, 0))
+    sums[layer] = (total + s.reshape(s.shape[0], -1).sum(1), count + s[0].size)
+  return {layer: total / count for layer, (total, count) in sums.items()}
+
+
+def select_experts(score: dict, rho: float) -> tuple[dict, list[tuple[str, int]]]:
+  """({name: bool mask} of whole routed experts, [(layer, expert)] chosen): the experts of the
+  largest mean score (`expert_mass`, over every MoE layer at once), as many as make up
+  round(rho x all scored dimensions), at least one: the dimension-level mask's budget spent
+  on whole experts. Raises ValueError when the model has no routed experts."""
+  _check_rho(rho)
+  mass = expert_mass(score)
+  if not mass:
+    raise ValueError("whole-expert reset needs an MoE model: the weights have no routed experts "
+                     "(layers_i/mlp/experts/...)")
+  per_expert = sum(int(np.asarray(s)[0].size) for n, s in score.items()
+                   if _routed(n) and n.startswith(next(iter(mass)) + "/"))
+  total = sum(int(np.size(s)) for s in score.values())
+  ranked = sorted(((float(m), layer, e) for layer, ms in mass.items() for e, m in enumerate(ms)),
+                  key=lambda t: (-t[0], t[1], t[2]))
+  k = min(max(1, round(rho * total / per_expert)), len(ranked))
+  chosen = [(layer, e) for _, layer, e in ranked[:k]]
+  mask = {}
+  for n, s in score.items():
+    m = np.zeros(np.shape(s), bool)
+    if _routed(n):
+      for layer, e in chosen:
+        if n.startswith(layer + "/"):
+          m[e] = True
+    mask[n] = m
+  return mask, chosen
+
+
 def reset(w_init, w_ft, mask: dict):
   """w_ft with the masked dimensions set to w_init's values; everything else is w_ft's, bit for bit.
 

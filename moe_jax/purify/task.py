@@ -48,20 +48,22 @@ def trigger_token_ids(data: attacker.AttackData, tokenizer) -> list[int]:
 
 def defend(cfg: ml_collections.ConfigDict, suspect: Model, pretrained: Model, clean_rows: dict,
            trigger_ids: list[int] = ()):
-  """(the defended parameters, detect.json's report) for `purify.defence`; the report says
-  where the reset dimensions sit, the `trigger_ids` rows of the word embeddings included."""
+  """(the defended parameters, detect.json's report, the reset mask or None) for
+  `purify.defence`; the report says where the reset dimensions sit, the `trigger_ids` rows of
+  the word embeddings included. The mask (bool arrays like w_init) exists for the defences
+  that reset dimensions."""
   p = cfg.purify
   if p.defence not in defences.DEFENCES:
     raise ValueError(f"config.purify.defence: {p.defence!r} is not one of {defences.DEFENCES}")
   batch = 4 * p.micro_batch
   report: dict = {"defence": p.defence}
   if p.defence in ("none", "finetune"):
-    return suspect.params, report
+    return suspect.params, report, None
   if p.defence == "pruning":
     acts = defences.neuron_activations(suspect, clean_batches(clean_rows, batch), p.prune_layers)
     params, pruned = defences.prune(suspect.params, acts, p.rho)
     report["pruned_neurons"] = pruned
-    return params, report
+    return params, report, None
   h = None
   if defences.needs_curvature(p.defence):
     h = defences.clean_curvature(suspect, clean_batches(clean_rows, batch), p.curvature,
@@ -73,9 +75,25 @@ def defend(cfg: ml_collections.ConfigDict, suspect: Model, pretrained: Model, cl
   report.update(distribution=detect.distribution(mask, score), experts=detect.expert_shares(mask, score),
                 selected=int(sum(np.sum(m) for m in mask.values())),
                 dims=int(sum(np.size(m) for m in mask.values())))
+  if h is not None:
+    report["zero_curvature_selected"] = detect.zero_curvature_share(mask, jax.device_get(h))
   if trigger_ids and "embed_tokens/embedding" in mask:
     report["trigger_rows"] = detect.trigger_rows(mask, list(trigger_ids))
-  return params, report
+  return params, report, mask
+
+
+def _keep(p, params: dict, mask) -> dict | None:
+  """What the clean fine-tune may move: everything (purify.finetune "all"), or the reset
+  dimensions and the classifier ("reset")."""
+  if p.finetune == "all":
+    return None
+  if p.finetune != "reset":
+    raise ValueError(f"config.purify.finetune: {p.finetune!r} is not 'all' or 'reset'")
+  if mask is None:
+    raise ValueError(f"config.purify.finetune='reset' needs a defence that resets dimensions "
+                     f"(mixing, magnitude, ratio, logratio, experts), not {p.defence!r}")
+  head = jax.tree_util.tree_map(lambda x: np.ones(np.shape(x), bool), params[heads.CLASSIFIER])
+  return {**indicators._unflatten(mask), heads.CLASSIFIER: head}
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -97,14 +115,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"suspect": p.suspect, "attack": data.info, "defence": p.defence, "rho": p.rho,
              "metrics_suspect": known if known.get("seq_len") == seq_len
              else evaluate.attack_metrics(suspect, data, seq_len, tok)}
-  params, report = defend(cfg, suspect, pretrained, clean_rows, trigger_token_ids(data, tok))
+  params, report, mask = defend(cfg, suspect, pretrained, clean_rows, trigger_token_ids(data, tok))
+  keep = _keep(p, params, mask)
   model = Model(suspect.config, {**suspect.variables, "params": params})
   summary["metrics_reset"] = evaluate.attack_metrics(model, data, seq_len, tok)
   spec = trainable.TrainableSpec().with_heads({heads.CLASSIFIER: heads.CLASSIFIER_AXES})
   if p.defence != "none":
     train_data = classify_task.make_data(cfg, workdir, data.clean, data.test, tok, model.config)
     model, run_summary = train_lib.train(cfg, workdir, model, spec, train_data, mesh, name="purify",
-                                         loss_fn=classify_task.classify_loss)
+                                         loss_fn=classify_task.classify_loss, keep=keep)
     summary.update(run_summary)
   summary["metrics_after"] = evaluate.attack_metrics(model, data, seq_len, tok)
   for when in ("suspect", "reset", "after"):
