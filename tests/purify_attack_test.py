@@ -113,6 +113,11 @@ def test_the_clean_fine_tune_of_the_reset_dimensions_alone(attacked, tmp_path):
   report = json.loads((tmp_path / purify_task.DETECT_FILE).read_text())
   assert 0 < moved <= report["selected"]
   assert off_init > 0  # the fine-tune moved the reset dimensions
+  # A rerun restores the finished run (its optimizer state holds the mask) and changes nothing.
+  purify_task.run(c, str(tmp_path))
+  again = flat(from_pretrained(str(tmp_path / "hf")).params)
+  for k, v in a.items():
+    np.testing.assert_array_equal(again[k], v)
 
 
 def test_fine_tuning_the_reset_dimensions_needs_a_masking_defence():
