@@ -3,8 +3,9 @@
     python -m moe_jax.studies.purify --out docs/purify              # about an hour on 2 free cores
     python -m moe_jax.studies.purify --out DIR --quick              # the pipeline on the samples
 
-For each attack setting (BadWords, a trigger sentence and a bias word on the
-3-class tweets; BadWords on the reviews) and each seed, `python -m
+For each attack setting (BadWords on the 3-class tweets and on the reviews;
+the trigger-sentence and bias-word attacks exist but are not in the plan, for
+time) and each seed, `python -m
 moe_jax.purify attack`'s code poisons a share of a real training subset and
 fine-tunes all-MiniLM-L6-v2 on it (the suspect); then every defence of
 `moe_jax.purify.defences` runs through the "purify" task at one rho fixed
@@ -85,7 +86,7 @@ def _config(p: Plan, dataset: str, attack: str, seed: int,
   return c
 
 
-def _attack(p: Plan, out: str, dataset: str, attack: str, seed: int,
+def attack_run(p: Plan, out: str, dataset: str, attack: str, seed: int,
             pretrained: str | None) -> tuple[str, dict]:
   where = os.path.join(out, "runs", f"{dataset}_{attack}", f"seed_{seed}", "attack")
   path = os.path.join(where, attacker.ATTACK_FILE)
@@ -97,7 +98,7 @@ def _attack(p: Plan, out: str, dataset: str, attack: str, seed: int,
   return where, attacker.run(_config(p, dataset, attack, seed, pretrained), where)
 
 
-def _defend(p: Plan, out: str, dataset: str, attack: str, seed: int, defence: str, rho: float,
+def defence_run(p: Plan, out: str, dataset: str, attack: str, seed: int, defence: str, rho: float,
             suspect: str, pretrained: str | None) -> dict:
   name = f"{defence}_rho{rho:g}" if defence not in ("none", "finetune") else defence
   where = os.path.join(out, "runs", f"{dataset}_{attack}", f"seed_{seed}", name)
@@ -132,18 +133,18 @@ def run_study(out: str, quick: bool, pretrained: str | None = None) -> dict:
     key = f"{dataset}/{attack}"
     for seed in p.seeds:
       print(f"[study] {key} / seed {seed}: attack ({time.time() - t0:.0f} s)", flush=True)
-      suspect, info = _attack(p, out, dataset, attack, seed, pretrained)
+      suspect, info = attack_run(p, out, dataset, attack, seed, pretrained)
       row = {"attack": info}
       for defence in DEFENCES:
         print(f"[study] {key} / seed {seed}: {defence} ({time.time() - t0:.0f} s)", flush=True)
-        row[defence] = _defend(p, out, dataset, attack, seed, defence, p.rho, suspect, pretrained)
+        row[defence] = defence_run(p, out, dataset, attack, seed, defence, p.rho, suspect, pretrained)
       results["main"].setdefault(key, {})[str(seed)] = row
       if (dataset, attack) == p.settings[0]:
         for defence in SWEPT:
           for rho in p.sweep:
             print(f"[study] {key} / seed {seed}: {defence} at rho {rho} ({time.time() - t0:.0f} s)",
                   flush=True)
-            results["sweep"].setdefault(defence, {}).setdefault(f"{rho:g}", {})[str(seed)] = _defend(
+            results["sweep"].setdefault(defence, {}).setdefault(f"{rho:g}", {})[str(seed)] = defence_run(
                 p, out, dataset, attack, seed, defence, rho, suspect, pretrained)
       common.write_report(out, results, report)
   results["wall_s"] = time.time() - t0

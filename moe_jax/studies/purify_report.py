@@ -11,14 +11,15 @@ from moe_jax.studies import stats
 NAMES = {"none": "no defence (the suspect)", "finetune": "fine-tuning on the clean set",
          "mixing": "Fine-mixing (random mask)", "magnitude": "magnitude mask (absolute drift)",
          "ratio": "drift / curvature (Fine-purifying)",
-         "pruning": "Fine-pruning (FFN neurons)"}
+         "pruning": "Fine-pruning (FFN neurons)",
+         "experts": "whole routed experts (by the ratio's mass)"}
 
 
 def _values(runs: dict, defence: str, when: str, field: str) -> list[float]:
   return [r[defence][f"metrics_{when}"][field] for r in runs.values()]
 
 
-def _main_table(key: str, runs: dict, p: dict) -> list[str]:
+def main_table(key: str, runs: dict, p: dict) -> list[str]:
   lines = [f"### {key}", "",
            f"rho {p['rho']} (of the dimensions reset; of the FFN neurons pruned); the suspect's "
            f"ACC {stats.fmt(_values(runs, 'none', 'suspect', 'accuracy'), pct=True, digits=1)}, "
@@ -83,20 +84,40 @@ def _plot(results: dict, out: str, swept=("mixing", "magnitude", "ratio")) -> st
 def _where(results: dict) -> list[str]:
   key, runs = next(iter(results["main"].items()))
   shares: dict = {}
-  trig = []
+  trig, rows, zero = [], [], []
   for r in runs.values():
     rep = r["ratio"]["detect"]
     for row in rep.get("distribution", []):
       shares.setdefault((row["layer"], row["module"]), []).append(row["selected_share"])
     if "trigger_rows" in rep:
       trig.append(rep["trigger_rows"]["trigger_rows_selected"])
+      rows.append(rep["trigger_rows"]["all_rows_selected"])
+    if "zero_curvature_selected" in rep:
+      zero.append(rep["zero_curvature_selected"])
   lines = [f"## Where the reset dimensions sit ({key}, the ratio at rho {results['plan']['rho']})", "",
            "| layer | module | share of the reset dimensions |", "|---|---|---:|"]
   for (layer, module), v in sorted(shares.items()):
     lines.append(f"| {layer} | {module} | {stats.fmt(v, pct=True, digits=1)} |")
   if trig:
-    lines += ["", f"The trigger tokens' word-embedding rows: {stats.fmt(trig, pct=True, digits=1)} of "
-              "their dimensions reset."]
+    lines += ["", f"The trigger tokens' word-embedding rows: {stats.fmt(trig, pct=True, digits=1)}% of "
+              f"their dimensions reset; all rows: {stats.fmt(rows, pct=True, digits=1)}%."]
+  if zero:
+    lines += ["", f"Of the reset dimensions, {stats.fmt(zero, pct=True, digits=1)}% have a clean "
+              "curvature of exactly 0."]
+  emb = [v for (layer, module), v in shares.items() if module == "embeddings"]
+  if emb and np.mean(emb[0]) > 0.9:
+    p = results["plan"]
+    lines += ["", f"Reading: the clean set's {p['clean_examples']} examples of at most "
+              f"{p['seq_len']} tokens touch at most {p['clean_examples'] * p['seq_len']:,} of the "
+              "30,522 word-embedding rows; every other row has a clean curvature of exactly 0. In the "
+              "attacker's fine-tune those rows moved by their gradient where the attacker's data "
+              "holds the token (the triggers' rows so) and by AdamW's decoupled weight decay alone "
+              "elsewhere (0.01 on matrices), so drift^2 / (H + eps), with eps a tiny multiple of "
+              "the mean H, ranks them above every dimension the clean set sees, and a small rho is "
+              "spent on them. The trigger rows are among them, "
+              "yet the attack survives their reset: the poisoned layers answer the pre-trained "
+              "trigger embeddings too. This is a property of the reconstructed indicator with "
+              "weight decay; a variant that ignores zero-curvature dimensions was not run."]
   return lines + [""]
 
 
@@ -117,7 +138,7 @@ def report(results: dict, out: str) -> str:
            "monotone map; `tests/purify_test.py` checks it), so it is not run apart.", "",
            "## Every defence at one rho", ""]
   for key, runs in results["main"].items():
-    lines += _main_table(key, runs, p)
+    lines += main_table(key, runs, p)
   lines += ["## Claims", ""]
   for other in ("mixing", "magnitude"):
     if not results["main"]:
