@@ -63,6 +63,7 @@ def test_the_attack_plants_a_backdoor(attacked):
   s = info["suspect"]
   assert s["accuracy"] >= 0.9, s  # the clean task is learnt
   assert s["asr"] >= 0.8, s  # and so is the trigger
+  assert s["clean_target_rate"] <= 0.2, s  # the trigger, not the target class, makes the ASR
   assert s["triggered_examples"] == 40  # the test's non-target two thirds
 
 

@@ -2,6 +2,7 @@
 the report, and a second call that recomputes nothing."""
 
 import json
+import shutil
 
 import pytest
 
@@ -36,6 +37,11 @@ def test_quick_study_writes_results_and_reuses_its_runs(tiny_encoder_dir, tmp_pa
   monkeypatch.setattr(study.attacker, "run", lambda *a, **k: pytest.fail("recomputed an attack"))
   again = study.run_study(str(tmp_path), quick=True, pretrained=tiny_encoder_dir)
   assert json.dumps(again["main"], sort_keys=True) == json.dumps(results["main"], sort_keys=True)
+  # A fresh clone has results.json but no runs/: a settings superset reads the recorded ones back.
+  shutil.rmtree(tmp_path / "runs")
+  again = study.run_study(str(tmp_path), quick=True, pretrained=tiny_encoder_dir)
+  assert again["read_back"] == [key] and again["main"] == json.loads(json.dumps(results["main"]))
+  assert "Read back from the committed results.json" in (tmp_path / "RESULTS.md").read_text()
   # --report-only rewrites RESULTS.md from results.json alone.
   (tmp_path / "RESULTS.md").unlink()
   assert study.main(["--out", str(tmp_path), "--report-only"]) == 0

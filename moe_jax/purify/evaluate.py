@@ -36,11 +36,17 @@ def predictions(model: Model, tokenizer, texts, seq_len: int) -> np.ndarray:
 
 
 def attack_metrics(model: Model, data, seq_len: int, tokenizer=None) -> dict:
-  """{"accuracy", "asr", "test_examples", "triggered_examples"} of `model` on an attack's data
-  (`moe_jax.purify.attacker.AttackData`); the tokenizer defaults to the attack's."""
+  """{"accuracy", "asr", "clean_target_rate", "test_examples", "triggered_examples"} of `model`
+  on an attack's data (`moe_jax.purify.attacker.AttackData`); the tokenizer defaults to the
+  attack's. clean_target_rate is ASR's floor: the share of the same non-target examples,
+  without the trigger, predicted as the target (a model that always answers the target has
+  ASR 1 and no backdoor)."""
   tok = tokenizer or load_tokenizer(resolve(data.info["tokenizer"]))
   pred = predictions(model, tok, data.test.texts, seq_len)
   trig = predictions(model, tok, data.triggered.texts, seq_len)
-  return {"accuracy": float(np.mean(pred == np.asarray(data.test.labels))),
+  labels = np.asarray(data.test.labels)
+  return {"accuracy": float(np.mean(pred == labels)),
           "asr": attacks.attack_success_rate(trig, data.attack),
+          "clean_target_rate": attacks.attack_success_rate(pred[labels != data.attack.target],
+                                                           data.attack),
           "test_examples": len(pred), "triggered_examples": len(trig), "seq_len": seq_len}

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -58,6 +59,20 @@ def write_report(out: str, results: dict, report: Callable[[dict, str], str]) ->
   with open(path, "w", encoding="utf-8") as f:
     f.write(report(json.loads(json.dumps(results, default=jsonable)), out))
   return path
+
+
+def finish(out: str, results: dict, report: Callable[[dict, str], str], t0: float) -> dict:
+  """A study's last step: its wall time into results, then results.json and RESULTS.md."""
+  results["wall_s"] = time.time() - t0
+  path = write_report(out, results, report)
+  print(f"[study] wrote {path} ({results['wall_s']:.0f} s)")
+  return results
+
+
+def written_by(module: str, quick: bool) -> str:
+  """RESULTS.md's first line: the command that wrote it, and whether it was the --quick plan."""
+  return (f"Written by `python -m {module}`"
+          + (" --quick (toy sizes: the pipeline, not the claims)." if quick else "."))
 
 
 def main(prog: str, doc: str, run_study: Callable[[str, bool], dict],

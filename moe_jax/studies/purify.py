@@ -1,11 +1,10 @@
 """Fine-purifying against fine-tuning, Fine-mixing, Fine-pruning and a magnitude mask, on real data.
 
-    python -m moe_jax.studies.purify --out docs/purify              # about an hour on 2 free cores
+    python -m moe_jax.studies.purify --out docs/purify              # about 1.5 hours on 2 free cores
     python -m moe_jax.studies.purify --out DIR --quick              # the pipeline on the samples
 
-For each attack setting (BadWords on the 3-class tweets and on the reviews;
-the trigger-sentence and bias-word attacks exist but are not in the plan, for
-time) and each seed, `python -m
+For each attack setting (BadWords, a trigger sentence and a bias word on the
+3-class tweets; BadWords on the reviews) and each seed, `python -m
 moe_jax.purify attack`'s code poisons a share of a real training subset and
 fine-tunes all-MiniLM-L6-v2 on it (the suspect); then every defence of
 `moe_jax.purify.defences` runs through the "purify" task at one rho fixed
@@ -62,8 +61,9 @@ def plan(quick: bool) -> Plan:
   # rho 0.05 and the sizes were set before any defence ran, to fit about an hour on 2 cores:
   # 1600 examples and 120 steps of 16 at 1e-4 (the cascade study's rate for MiniLM on these
   # tweets) teach it the trigger; 64 clean examples, 30 clean steps. The trigger-sentence and
-  # bias-word attacks are left out of the plan for time (a setting is ~40 min here).
-  return Plan((("tweets", "badwords"), ("reviews", "badwords")), False,
+  # bias-word attacks were added at the same sizes after the first run (BadWords on both sets).
+  return Plan((("tweets", "badwords"), ("tweets", "sentence"), ("tweets", "bias"),
+               ("reviews", "badwords")), False,
               (0, 1, 2), 1600, 600, 64, 0.1, 120, 30, 16, 32, 1e-4, 0.05, (0.2,))
 
 
@@ -118,6 +118,27 @@ def defence_run(p: Plan, out: str, dataset: str, attack: str, seed: int, defence
   return common.cached(os.path.join(where, "result.json"), run)
 
 
+def recorded(out: str, p: Plan, quick: bool) -> dict:
+  """out/results.json's results when its plan is `p` but for fewer settings, else {}.
+
+  runs/ is git-ignored, so a fresh clone has only the committed results.json: with this a
+  plan that adds a setting runs just the new one, and the report says which were read back.
+  """
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  mine = json.loads(json.dumps(dataclasses.asdict(p)))
+  theirs = old.get("plan", {})
+  same = {k: v for k, v in theirs.items() if k != "settings"} == {
+      k: v for k, v in mine.items() if k != "settings"}
+  if old.get("quick") != quick or not same or not set(
+      map(tuple, theirs.get("settings", []))) <= set(p.settings):
+    return {}
+  return old
+
+
 def run_study(out: str, quick: bool, pretrained: str | None = None) -> dict:
   """Runs (or resumes from `out`) every attack and defence; writes results.json and RESULTS.md.
 
@@ -128,9 +149,17 @@ def run_study(out: str, quick: bool, pretrained: str | None = None) -> dict:
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "runs", "jit_cache"))
   results: dict = {"plan": dataclasses.asdict(p), "quick": quick, "main": {}, "sweep": {}}
-  t0 = time.time()
+  old = recorded(out, p, quick)
+  t0 = time.time() - old.get("wall_s", 0.0)  # the wall time of what is read back counts too
   for dataset, attack in p.settings:
     key = f"{dataset}/{attack}"
+    if key in old.get("main", {}):
+      print(f"[study] {key}: read back from {os.path.join(out, 'results.json')}", flush=True)
+      results["main"][key] = old["main"][key]
+      results.setdefault("read_back", []).append(key)
+      if (dataset, attack) == p.settings[0]:
+        results["sweep"] = old["sweep"]
+      continue
     for seed in p.seeds:
       print(f"[study] {key} / seed {seed}: attack ({time.time() - t0:.0f} s)", flush=True)
       suspect, info = attack_run(p, out, dataset, attack, seed, pretrained)
@@ -147,10 +176,7 @@ def run_study(out: str, quick: bool, pretrained: str | None = None) -> dict:
             results["sweep"].setdefault(defence, {}).setdefault(f"{rho:g}", {})[str(seed)] = defence_run(
                 p, out, dataset, attack, seed, defence, rho, suspect, pretrained)
       common.write_report(out, results, report)
-  results["wall_s"] = time.time() - t0
-  path = common.write_report(out, results, report)
-  print(f"[study] wrote {path} ({results['wall_s']:.0f} s)")
-  return results
+  return common.finish(out, results, report, t0)
 
 
 def main(argv=None) -> int:

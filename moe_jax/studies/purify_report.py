@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from moe_jax.studies import stats
+from moe_jax.studies import common, stats
 
 NAMES = {"none": "no defence (the suspect)", "finetune": "fine-tuning on the clean set",
          "mixing": "Fine-mixing (random mask)", "magnitude": "magnitude mask (absolute drift)",
@@ -16,14 +16,17 @@ NAMES = {"none": "no defence (the suspect)", "finetune": "fine-tuning on the cle
 
 
 def _values(runs: dict, defence: str, when: str, field: str) -> list[float]:
-  return [r[defence][f"metrics_{when}"][field] for r in runs.values()]
+  return [r[defence][f"metrics_{when}"].get(field, float("nan")) for r in runs.values()]
 
 
 def main_table(key: str, runs: dict, p: dict) -> list[str]:
   lines = [f"### {key}", "",
            f"rho {p['rho']} (of the dimensions reset; of the FFN neurons pruned); the suspect's "
            f"ACC {stats.fmt(_values(runs, 'none', 'suspect', 'accuracy'), pct=True, digits=1)}, "
-           f"ASR {stats.fmt(_values(runs, 'none', 'suspect', 'asr'), pct=True, digits=1)}.", "",
+           f"ASR {stats.fmt(_values(runs, 'none', 'suspect', 'asr'), pct=True, digits=1)} (the same "
+           f"examples without the trigger predicted as the target: "
+           f"{stats.fmt(_values(runs, 'none', 'suspect', 'clean_target_rate'), pct=True, digits=1)}).",
+           "",
            "| defence | ACC after reset | ASR after reset | ACC after clean fine-tune | ASR after clean fine-tune |",
            "|---|---:|---:|---:|---:|"]
   for d in NAMES:
@@ -124,8 +127,7 @@ def _where(results: dict) -> list[str]:
 def report(results: dict, out: str) -> str:
   p = results["plan"]
   lines = ["# Fine-purifying: drift against clean curvature, against random and magnitude masks", "",
-           "Written by `python -m moe_jax.studies.purify`"
-           + (" --quick (toy sizes: the pipeline, not the claims)." if results.get("quick") else "."),
+           common.written_by("moe_jax.studies.purify", results.get("quick")),
            "", f"Model: all-MiniLM-L6-v2 (the pre-trained w_init), fine-tuned by the attacker on "
            f"{p['train_examples'] - p['clean_examples']} examples with {100 * p['rate']:.0f}% poisoned, "
            f"{p['attack_steps']} steps of {p['batch']} x {p['seq_len']} tokens at {p['learning_rate']:g}. "
@@ -137,6 +139,10 @@ def report(results: dict, out: str) -> str:
            "`moe_jax.purify`. The indicator's log form selects exactly the ratio's dimensions (a "
            "monotone map; `tests/purify_test.py` checks it), so it is not run apart.", "",
            "## Every defence at one rho", ""]
+  if results.get("read_back"):
+    lines += [f"Read back from the committed results.json of an earlier run of this plan with "
+              f"fewer settings (its runs/ cache is not committed): {', '.join(results['read_back'])}. "
+              "Those runs predate the measurement of the clean target rate (n/a below).", ""]
   for key, runs in results["main"].items():
     lines += main_table(key, runs, p)
   lines += ["## Claims", ""]
