@@ -4,6 +4,9 @@
     python -m moe_jax.studies.prm --out DIR [--quick]    # Math-Shepherd (docs/prm_reproduction)
     python -m moe_jax.studies.classification --out DIR [--quick]  # (docs/classification)
     python -m moe_jax.studies.icl_anchors --out DIR [--quick]     # label words as anchors (docs/icl_anchors)
+    python -m moe_jax.studies.cascade --out DIR [--quick]         # CascadeBERT (docs/cascade)
+    python -m moe_jax.studies.purify --out DIR [--quick]          # Fine-purifying (docs/purify)
+    python -m moe_jax.studies.purify_moe --out DIR [--quick]      # ... on an MoE encoder (docs/purify_moe)
 
 Each writes RESULTS.md (every table with 95% intervals, and a held / failed /
 inconclusive verdict per claim), results.json and its plots into DIR. The
