@@ -87,26 +87,24 @@ def _plot(results: dict, out: str, swept=("mixing", "magnitude", "ratio")) -> st
 def _where(results: dict) -> list[str]:
   key, runs = next(iter(results["main"].items()))
   shares: dict = {}
-  trig, rows, zero = [], [], []
   for r in runs.values():
-    rep = r["ratio"]["detect"]
-    for row in rep.get("distribution", []):
+    for row in r["ratio"]["detect"].get("distribution", []):
       shares.setdefault((row["layer"], row["module"]), []).append(row["selected_share"])
-    if "trigger_rows" in rep:
-      trig.append(rep["trigger_rows"]["trigger_rows_selected"])
-      rows.append(rep["trigger_rows"]["all_rows_selected"])
-    if "zero_curvature_selected" in rep:
-      zero.append(rep["zero_curvature_selected"])
   lines = [f"## Where the reset dimensions sit ({key}, the ratio at rho {results['plan']['rho']})", "",
            "| layer | module | share of the reset dimensions |", "|---|---|---:|"]
   for (layer, module), v in sorted(shares.items()):
     lines.append(f"| {layer} | {module} | {stats.fmt(v, pct=True, digits=1)} |")
-  if trig:
-    lines += ["", f"The trigger tokens' word-embedding rows: {stats.fmt(trig, pct=True, digits=1)}% of "
-              f"their dimensions reset; all rows: {stats.fmt(rows, pct=True, digits=1)}%."]
-  if zero:
-    lines += ["", f"Of the reset dimensions, {stats.fmt(zero, pct=True, digits=1)}% have a clean "
-              "curvature of exactly 0."]
+  lines += ["", "Every setting (the ratio at the same rho; n/a: not recorded by that run):", "",
+            "| setting | share in the embeddings | trigger rows' dimensions reset | all word rows' "
+            "dimensions reset | reset dimensions of zero clean curvature |", "|---|---:|---:|---:|---:|"]
+  for k, rs in results["main"].items():
+    reps = [r["ratio"]["detect"] for r in rs.values()]
+    emb_share = [sum(row["selected_share"] for row in rep.get("distribution", [])
+                     if row["module"] == "embeddings") for rep in reps]
+    cells = [emb_share] + [[rep.get("trigger_rows", {}).get(f, float("nan")) for rep in reps]
+                           for f in ("trigger_rows_selected", "all_rows_selected")]
+    cells.append([rep.get("zero_curvature_selected", float("nan")) for rep in reps])
+    lines.append(f"| {k} | " + " | ".join(stats.fmt(c, pct=True, digits=1) for c in cells) + " |")
   emb = [v for (layer, module), v in shares.items() if module == "embeddings"]
   if emb and np.mean(emb[0]) > 0.9:
     p = results["plan"]
