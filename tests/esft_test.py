@@ -591,7 +591,7 @@ def test_score_experts_matches_float64_reference(params0):
     routing.append({l: jax.device_get(inter[f"layers_{l}"]["mlp"]["routing"][0])
                     for l in MOE_LAYERS})
 
-  def reference(n_tokens):
+  def reference(n_tokens, first_only=False):
     gate = {l: np.zeros(E) for l in MOE_LAYERS}
     count = {l: np.zeros(E) for l in MOE_LAYERS}
     seen = 0
@@ -599,7 +599,7 @@ def test_score_experts_matches_float64_reference(params0):
       seg = b["segment_ids"]
       for row in range(seg.shape[0]):
         for t in range(seg.shape[1]):
-          if seg[row, t] == 0 or seen >= n_tokens:
+          if seg[row, t] == 0 or seen >= n_tokens or (first_only and t > 0):
             continue
           seen += 1
           for l in MOE_LAYERS:
@@ -620,6 +620,15 @@ def test_score_experts_matches_float64_reference(params0):
       np.testing.assert_allclose(scores.token[l], token[l], rtol=1e-12, atol=1e-15)
   # Counting padding too would have changed the scores.
   assert sum(real) < sum(b["segment_ids"].size for b in batches)
+  # score_mask counts only the tokens it marks: here each row's first (an encoder's [CLS]).
+  first = [{**b, "score_mask": (np.arange(b["tokens"].shape[1]) == 0) & (b["segment_ids"] != 0)}
+           for b in batches]
+  scores = esft.score_experts(model, iter(first), 10**6)
+  gate, token, seen = reference(10**6, first_only=True)
+  assert scores.tokens == {l: seen for l in MOE_LAYERS} and seen == sum(len(b["tokens"]) for b in batches)
+  for l in MOE_LAYERS:
+    np.testing.assert_allclose(scores.token[l], token[l], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(scores.gate[l], gate[l], rtol=1e-6, atol=1e-12)
 
 
 # 7. Adapters --------------------------------------------------------------------

@@ -31,8 +31,9 @@ def score_experts(model: Model, batches: Iterable[dict], n_tokens: int) -> Exper
   """Gate and token scores of every routed expert over about `n_tokens` task tokens.
 
   batches: dicts with "tokens", "positions", "segment_ids" [B, T] (padding has
-  segment 0 and is not counted). The last batch is cut so exactly
-  min(n_tokens, available) tokens count.
+  segment 0 and is not counted) and optionally "score_mask" [B, T] bool, the
+  tokens to count (all real ones by default; an encoder's [CLS] alone, say). The
+  last batch is cut so exactly min(n_tokens, available) tokens count.
   """
   c = model.config
   if not c.moe_layers:
@@ -41,7 +42,7 @@ def score_experts(model: Model, batches: Iterable[dict], n_tokens: int) -> Exper
   seen = 0
   for batch in batches:
     routing = _routing(c, model.variables, batch["tokens"], batch["positions"], batch["segment_ids"])
-    mask = np.asarray(batch["segment_ids"]).reshape(-1) != 0
+    mask = np.asarray(batch.get("score_mask", np.asarray(batch["segment_ids"]) != 0)).reshape(-1)
     keep_upto = np.cumsum(mask) <= n_tokens - seen
     mask &= keep_upto
     for layer, r in routing.items():
