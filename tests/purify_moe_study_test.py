@@ -35,11 +35,15 @@ def test_quick_moe_study_writes_results_and_reuses_its_runs(tiny_encoder_dir, tm
 
 
 def test_the_claims_by_hand():
-  def run(asr_ratio, asr_experts, conc):
+  suspect = {"asr": 0.9, "accuracy": 0.8}
+
+  def run(asr_ratio, asr_experts, conc, reset=None):
     mass = [conc, (1 - conc) / 3, (1 - conc) / 3, (1 - conc) / 3]
-    return {"ratio": {"metrics_after": {"asr": asr_ratio, "accuracy": 0.8},
+    return {"none": {"metrics_suspect": suspect},
+            "ratio": {"metrics_after": {"asr": asr_ratio, "accuracy": 0.8},
                       "detect": {"experts": {"layers_1": {"mass": mass, "selected": [0] * 4}}}},
-            "experts": {"metrics_after": {"asr": asr_experts, "accuracy": 0.8}}}
+            "experts": {"metrics_after": {"asr": asr_experts, "accuracy": 0.8},
+                        "metrics_reset": reset or {"asr": 0.7, "accuracy": 0.75}}}
   main = {"k": {"0": run(0.30, 0.31, 0.7), "1": run(0.20, 0.22, 0.8), "2": run(0.40, 0.40, 0.75)}}
   control = {"k": {s: {"ratio": run(0, 0, c)["ratio"]} for s, c in (("0", .3), ("1", .35), ("2", .3))}}
   text = "\n".join(study._claims({"main": main, "control": control}))
@@ -48,3 +52,6 @@ def test_the_claims_by_hand():
   main["k"]["0"] = run(0.30, 0.70, 0.7)
   main["k"]["2"] = run(0.40, 0.85, 0.75)
   assert "at equal rho: failed" in "\n".join(study._claims({"main": main, "control": control}))
+  # A reset that changed no prediction matches by matching plain fine-tuning: said so.
+  main = {"k": {s: run(0.3, 0.3, 0.7, reset=suspect) for s in ("0", "1", "2")}}
+  assert "held by the rule, but vacuously" in "\n".join(study._claims({"main": main, "control": control}))

@@ -61,6 +61,18 @@ def write_report(out: str, results: dict, report: Callable[[dict, str], str]) ->
   return path
 
 
+def prior_wall(out: str, plan) -> float:
+  """The wall time already spent on `plan` in `out`: a finished results.json's of the same plan,
+  when its runs/ cache is there too (a rerun reads the runs back, so their time still counts)."""
+  path = os.path.join(out, "results.json")
+  if not (os.path.exists(path) and os.path.isdir(os.path.join(out, "runs"))):
+    return 0.0
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  same = old.get("plan") == json.loads(json.dumps(dataclasses.asdict(plan)))
+  return float(old.get("wall_s", 0.0)) if same else 0.0
+
+
 def finish(out: str, results: dict, report: Callable[[dict, str], str], t0: float) -> dict:
   """A study's last step: its wall time into results, then results.json and RESULTS.md."""
   results["wall_s"] = time.time() - t0

@@ -38,12 +38,16 @@ import numpy as np
 from moe_jax import train_lib
 from moe_jax.classify import configs as classify_configs
 from moe_jax.classify import task as classify_task
+from moe_jax.esft.scoring import score_experts
 from moe_jax.hf import from_pretrained, save_pretrained
+from moe_jax.layers import layer_name
 from moe_jax.model import Model, init_variables
-from moe_jax.purify import indicators
+from moe_jax.packages import resolve
+from moe_jax.purify import attacker, evaluate, indicators
 from moe_jax.studies import common, stats
 from moe_jax.studies import purify as purify_study
 from moe_jax.studies.purify_report import main_table
+from moe_jax.tokenizer import load_tokenizer
 
 DEFENCES = ("none", "finetune", "mixing", "ratio", "experts")
 MARGIN = 0.05  # "as well as": whole experts' ASR at most 5 points above the ratio's (upper 95% bound)
@@ -113,14 +117,31 @@ def pretrain(p: Plan, out: str, source: str) -> tuple[str, dict]:
   return hf_dir, common.cached(os.path.join(where, "w_init.json"), build)
 
 
+def cls_routing(attack_dir: str, seq_len: int) -> dict[str, list[float]]:
+  """{layer: [E] the share of the defender's clean examples whose [CLS] token each routed expert
+  takes} for the suspect of `attack_dir`. Only [CLS] reaches the classifier from the last layer,
+  so there an expert it never takes cannot move a prediction (nor get a gradient)."""
+  data = attacker.read(attack_dir)
+  model = evaluate.load_suspect(data.suspect_dir)
+  rows = classify_task.labelled_rows(data.clean, load_tokenizer(resolve(data.info["tokenizer"])),
+                                     model.config, seq_len)
+  first = np.zeros(rows["segment_ids"].shape, bool)
+  first[:, 0] = True  # [CLS]
+  batches = ({k: rows[k][i:i + 16] for k in ("tokens", "positions", "segment_ids")}
+             | {"score_mask": first[i:i + 16]} for i in range(0, len(first), 16))
+  scores = score_experts(model, batches, len(first))
+  k = model.config.num_experts_per_tok  # token scores sum to 1 over experts; a [CLS] takes k
+  return {layer_name(layer): (k * t).tolist() for layer, t in scores.token.items()}
+
+
 def run_study(out: str, quick: bool, pretrained: str = classify_configs.MINILM) -> dict:
   """Runs (or resumes from `out`) w_init, the attacks, the control and the defences; writes
   results.json and RESULTS.md. pretrained: the encoder w_init grows from (a test's tiny one)."""
   p = plan(quick)
+  t0 = time.time() - common.prior_wall(out, p)
   common.check_plan(p, out)
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "runs", "jit_cache"))
-  t0 = time.time()
   w_init, about = pretrain(p, out, pretrained)
   s, control_plan = p.study, dataclasses.replace(p.study, rate=0.0)
   control_out = os.path.join(out, "runs", "control")
@@ -131,7 +152,8 @@ def run_study(out: str, quick: bool, pretrained: str = classify_configs.MINILM) 
     for seed in s.seeds:
       print(f"[study] {key} / seed {seed} ({time.time() - t0:.0f} s)", flush=True)
       suspect, info = purify_study.attack_run(s, out, dataset, attack, seed, w_init)
-      row = {"attack": info}
+      row = {"attack": info, "cls_routing": common.cached(
+          os.path.join(suspect, os.pardir, "cls_routing.json"), lambda: cls_routing(suspect, s.seq_len))}
       for defence in DEFENCES:
         row[defence] = purify_study.defence_run(s, out, dataset, attack, seed, defence, s.rho,
                                                 suspect, w_init)
@@ -153,7 +175,7 @@ def concentration(experts: dict) -> float:
   return float(np.mean(shares)) if shares else float("nan")
 
 
-def _experts_lines(key: str, runs: dict, control: dict) -> list[str]:
+def _experts_lines(key: str, runs: dict, control: dict, moe: dict) -> list[str]:
   e = len(next(iter(next(iter(runs.values()))["ratio"]["detect"]["experts"].values()))["mass"])
   conc = [concentration(r["ratio"]["detect"]["experts"]) for r in runs.values()]
   conc_c = [concentration(c["ratio"]["detect"]["experts"]) for c in control.values()]
@@ -165,10 +187,41 @@ def _experts_lines(key: str, runs: dict, control: dict) -> list[str]:
            f"| control (nothing poisoned) | {stats.fmt(conc_c, digits=3)} |", "",
            "| seed | experts the whole-expert defence reset (layer: ids) |", "|---|---|"]
   for seed, r in runs.items():
-    chosen = {layer: [i for i, n in enumerate(v["selected"]) if n]
-              for layer, v in r["experts"]["detect"]["experts"].items()}
-    lines.append(f"| {seed} | " + "; ".join(f"{layer}: {ids}" for layer, ids in chosen.items() if ids)
-                 + " |")
+    cls = r.get("cls_routing", {})
+    cells = []
+    for layer, v in r["experts"]["detect"]["experts"].items():
+      ids = [i for i, n in enumerate(v["selected"]) if n]
+      if ids:
+        cells.append(f"{layer}: " + ", ".join(
+            f"{i}" + (f" ({100 * cls[layer][i]:.0f}%)" if layer in cls else "") for i in ids))
+    lines.append(f"| {seed} | " + "; ".join(cells) + " |")
+  lines += ["", "In brackets: the share of the defender's clean examples whose [CLS] token the expert "
+            "takes (the classifier reads [CLS] alone from the last layer)."]
+  same = sum(all(r["experts"]["metrics_reset"][f] == r["none"]["metrics_suspect"][f]
+                 for f in ("accuracy", "asr")) for r in runs.values())
+  zero = {d: [r[d]["detect"].get("zero_curvature_selected", float("nan")) for r in runs.values()]
+          for d in ("ratio", "experts")}
+  lines += ["", f"The whole-expert reset left every prediction as the suspect's (ACC and ASR after "
+            f"the reset equal to the suspect's) in {same} of {len(runs)} seeds. Reset dimensions "
+            f"of zero clean curvature: {stats.fmt(zero['ratio'], pct=True, digits=1)}% of the "
+            f"ratio's, {stats.fmt(zero['experts'], pct=True, digits=1)}% of the whole experts'."]
+  last, shares = None, []
+  for r in runs.values():
+    experts = r["experts"]["detect"]["experts"]
+    last = max(experts, key=lambda name: int(name.split("_")[1]))
+    shares += [r["cls_routing"][last][i] for i, n in enumerate(experts[last]["selected"])
+               if n and "cls_routing" in r]
+  chosen = sum(1 for r in runs.values() for v in r["experts"]["detect"]["experts"].values()
+               for n in v["selected"] if n)
+  if same == len(runs) and shares:
+    lines += ["", f"Reading: {len(shares)} of the {chosen} experts reset sit in the last MoE layer "
+              f"({last}), from which the classifier reads [CLS] alone; [CLS] takes them in "
+              f"{100 * np.mean(shares):.0f}% of the clean examples on average (a fair share is "
+              f"top-k / E = {100 * moe['num_experts_per_tok'] / moe['n_routed_experts']:.0f}%). "
+              "Such an expert gets little gradient from any example (small clean curvature, small "
+              "drift), the ratio's mean score ranks it first, and its reset moved no prediction. "
+              "A rule that weighs experts by the pooled token's routed load, or skips those it "
+              "cannot reach, was not run."]
   return lines + [""]
 
 
@@ -192,6 +245,11 @@ def _claims(results: dict) -> list[str]:
     v = "failed"
   else:
     v = "inconclusive"
+  noop = all(all(r["experts"]["metrics_reset"][f] == r["none"]["metrics_suspect"][f]
+                 for f in ("accuracy", "asr")) for runs in results["main"].values() for r in runs.values())
+  if v == "held" and noop:
+    v = "held by the rule, but vacuously: the whole-expert reset changed no prediction, so it " \
+        "matched the ratio by matching plain fine-tuning"
   return [f"**Claim: the backdoor concentrates its indicator mass in a few routed experts: "
           f"{stats.paired_verdict(conc)}.** The suspect's top-expert share minus the control's: "
           f"{stats.fmt(conc, digits=3)} (n = {len(conc)} seeds).", "",
@@ -226,7 +284,7 @@ def report(results: dict, out: str) -> str:
            "ACC and ASR as in `docs/purify`.", "", "## Every defence at one rho", ""]
   for key, runs in results["main"].items():
     lines += main_table(key, runs, s)
-    lines += _experts_lines(key, runs, results["control"].get(key, {}))
+    lines += _experts_lines(key, runs, results["control"].get(key, {}), moe)
   if results["main"]:
     lines += ["## Claims", ""] + _claims(results)
   if "wall_s" in results:
