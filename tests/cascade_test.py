@@ -186,6 +186,20 @@ def test_study_report(study):
       assert r["speedup"] == pytest.approx(curve[r["setting"]]["speedup"])
 
 
+def test_a_clone_reads_the_committed_results_back(study, tmp_path, monkeypatch):
+  """Only results.json (runs/ is not committed): nothing is trained again."""
+  out, results = study
+  shutil.copyfile(out / "results.json", tmp_path / "results.json")
+  monkeypatch.setattr(cascade_study.task, "run", lambda *a, **k: pytest.fail("trained again"))
+  monkeypatch.setattr(cascade_study.difficulty, "label", lambda *a, **k: pytest.fail("relabelled"))
+  enc = results["plan"]["large"]
+  again = cascade_study.run_study(str(tmp_path), quick=True, stages=(f"{enc}@1", enc))
+  recorded = json.loads((out / "results.json").read_text())
+  assert again["read_back"] and again["seeds"] == recorded["seeds"]
+  assert again["timing"] == recorded["timing"]
+  assert (tmp_path / "RESULTS.md").read_text() == (out / "RESULTS.md").read_text()
+
+
 @pytest.mark.parametrize("kind", early_exit.KINDS)
 def test_layer_by_layer_exit_equals_all_layers_then_selecting(setup, kind):
   root, cfg, enc = setup

@@ -61,6 +61,24 @@ def write_report(out: str, results: dict, report: Callable[[dict, str], str]) ->
   return path
 
 
+def recorded(out: str, plan, quick: bool, free: tuple[str, ...] = ()) -> dict:
+  """out/results.json's results when its plan is `plan` but for the `free` fields, else {}.
+
+  runs/ is git-ignored, so a fresh clone has only the committed results.json: a plan that
+  only adds to it (a setting, an extension) reads the rest back instead of recomputing it.
+  The caller checks what the free fields may differ by.
+  """
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  mine = json.loads(json.dumps(dataclasses.asdict(plan)))
+  theirs = old.get("plan", {})
+  drop = lambda d: {k: v for k, v in d.items() if k not in free}
+  return old if old.get("quick") == quick and drop(theirs) == drop(mine) else {}
+
+
 def prior_wall(out: str, plan) -> float:
   """The wall time already spent on `plan` in `out`: a finished results.json's of the same plan,
   when its runs/ cache is there too (a rerun reads the runs back, so their time still counts)."""

@@ -119,22 +119,11 @@ def defence_run(p: Plan, out: str, dataset: str, attack: str, seed: int, defence
 
 
 def recorded(out: str, p: Plan, quick: bool) -> dict:
-  """out/results.json's results when its plan is `p` but for fewer settings, else {}.
-
-  runs/ is git-ignored, so a fresh clone has only the committed results.json: with this a
-  plan that adds a setting runs just the new one, and the report says which were read back.
-  """
-  path = os.path.join(out, "results.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    old = json.load(f)
-  mine = json.loads(json.dumps(dataclasses.asdict(p)))
-  theirs = old.get("plan", {})
-  same = {k: v for k, v in theirs.items() if k != "settings"} == {
-      k: v for k, v in mine.items() if k != "settings"}
-  if old.get("quick") != quick or not same or not set(
-      map(tuple, theirs.get("settings", []))) <= set(p.settings):
+  """The committed results.json's runs when its plan is `p` but for fewer settings, else {}
+  (`studies.common.recorded`): a plan that adds a setting runs just the new one, and the
+  report says which were read back."""
+  old = common.recorded(out, p, quick, free=("settings",))
+  if not set(map(tuple, old.get("plan", {}).get("settings", []))) <= set(p.settings):
     return {}
   return old
 
