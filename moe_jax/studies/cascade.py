@@ -18,9 +18,11 @@ for each of 3 seeds; then, on seed 0, the real early exit is timed at a few
 settings of each (analytic and measured speed-up side by side), and, beyond
 the paper and on one seed, the three-stage cascade MiniLM-2L -> MiniLM-6L ->
 MPNet-12L (all-mpnet-base-v2) where its packages are installed and the plan's
-`extension_steps` asks for it (added to the plan after the first run; with a
+`extension_steps` asks for it, and MiniLM-2L -> a DeepSeekMoE encoder grown
+from MiniLM (`studies.purify_moe`'s recipe), its cost counted in active
+parameters. Both were added to the plan after the first run; with a
 results.json of the plan but for the extension in --out, the rest is read back
-from it, since runs/ is not committed).
+from it (runs/ is not committed).
 
 Runs are cached under --out/runs (git-ignored; the trainer resumes an
 interrupted run, a finished one is read back), and `cascade_report` writes
@@ -44,7 +46,7 @@ from moe_jax.cascade import task
 from moe_jax.classify import configs as classify_configs
 from moe_jax.classify import datasets, metrics
 from moe_jax.packages import resolve
-from moe_jax.studies import common
+from moe_jax.studies import common, purify_moe
 from moe_jax.studies.cascade_report import report
 
 MPNET = classify_configs.MPNET
@@ -154,6 +156,19 @@ def _extension(p: Plan, out: str, diff: str) -> dict | None:
   return _run(cfg, os.path.join(out, "runs", "extension", "cascade_mpnet"), diff)
 
 
+def _moe_stage(p: Plan, out: str, diff: str) -> dict | None:
+  """Beyond the paper, seed 0: MiniLM-2L -> a DeepSeekMoE encoder grown from MiniLM (the
+  recipe of `studies.purify_moe`: its last four FFNs made 8 routed + 1 shared experts, trained
+  on clean reviews), its cost counted in active parameters per token."""
+  if not p.extension_steps:
+    return None
+  w_init, about = purify_moe.pretrain(purify_moe.plan(False), os.path.join(out, "runs", "moe_stage"),
+                                      p.large)
+  ext = dataclasses.replace(p, steps=p.extension_steps)
+  cfg = run_config(ext, "cascade", p.seeds[0], (p.small, w_init), diff)
+  return _run(cfg, os.path.join(out, "runs", "extension", "cascade_moe"), diff) | {"w_init": about}
+
+
 def run_study(out: str, quick: bool, stages: tuple[str, str] | None = None) -> dict:
   """Every run (cached under out/runs), then results.json, RESULTS.md and the plots.
 
@@ -190,6 +205,7 @@ def run_study(out: str, quick: bool, stages: tuple[str, str] | None = None) -> d
   print(f"[study] wrote {path}; beyond the paper: three stages with MPNet "
         f"({time.time() - start:.0f} s)", flush=True)
   results["extension"] = _extension(p, out, diff)
+  results["moe_stage"] = _moe_stage(p, out, diff)
   results["seconds"] = time.time() - start
   path = common.write_report(out, results, report)
   print(f"[study] wrote {path} ({time.time() - start:.0f} s)")

@@ -237,15 +237,30 @@ def _extension(results) -> list[str]:
   ext = results.get("extension")
   out = ["", "## 5. Beyond the paper: a third stage, MPNet-12L (all-mpnet-base-v2)", ""]
   if not ext:
-    return out + ["Not run: the plan's `extension_steps` is 0 (three seeds of the two-stage "
-                  "comparison took the hour on 2 CPU cores), or MPNet's packages are not installed. "
-                  "The three-stage cascade trains through the same task: "
-                  "`--config.cascade.stages` with `package:all-mpnet-base-v2` last."]
-  out += ["MiniLM-2L -> MiniLM-6L -> MPNet-12L jointly fine-tuned (DAR on the first), seed 0 only; "
-          f"stage costs {', '.join(f'{c / 1e6:.1f}M' for c in ext['costs'])} active parameters per "
-          "token; speed-up against MPNet alone.", "",
-          "| stage | accuracy | ECE |", "|---|---|---|"]
-  for name, s in zip(("MiniLM-2L", "MiniLM-6L", "MPNet-12L"), ext["metrics"]["stages"]):
+    out += ["Not run: the plan's `extension_steps` is 0, or MPNet's packages are not installed. "
+            "The three-stage cascade trains through the same task: `--config.cascade.stages` "
+            "with `package:all-mpnet-base-v2` last."]
+  else:
+    out += ["MiniLM-2L -> MiniLM-6L -> MPNet-12L jointly fine-tuned (DAR on the first), seed 0 "
+            "only; speed-up against MPNet alone.", ""]
+    out += _extension_tables(ext, ("MiniLM-2L", "MiniLM-6L", "MPNet-12L"))
+  moe = results.get("moe_stage")
+  if moe:
+    w = moe.get("w_init", {})
+    out += ["", "## 6. Beyond the paper: a DeepSeekMoE encoder as the second stage", "",
+            "MiniLM-2L -> MoE-MiniLM, seed 0 only: all-MiniLM-L6-v2 with its last four FFNs made "
+            "8 routed experts of 192 (top-2) + 1 shared, experts and router random, trained on "
+            f"clean reviews first (`studies.purify_moe`'s w_init; held-out accuracy "
+            f"{w.get('accuracy', float('nan')):.3f} there); its cost is the active parameters "
+            "per token, below MiniLM-6L's. Speed-up against the MoE stage alone.", ""]
+    out += _extension_tables(moe, ("MiniLM-2L", "MoE-MiniLM"))
+  return out
+
+
+def _extension_tables(ext: dict, names: tuple[str, ...]) -> list[str]:
+  out = [f"Stage costs {', '.join(f'{c / 1e6:.1f}M' for c in ext['costs'])} active parameters "
+         "per token.", "", "| stage | accuracy | ECE |", "|---|---|---|"]
+  for name, s in zip(names, ext["metrics"]["stages"]):
     out.append(f"| {name} | {100 * s['accuracy']:.1f} | {s['ece']:.3f} |")
   out += ["", "| tau | accuracy | speed-up | share answered by each stage |", "|---|---|---|---|"]
   for c in ext["metrics"]["curve"]:
