@@ -2,10 +2,12 @@
 
   curvature   the clean Hessian diagonal: empirical / true Fisher, Hutchinson
   indicators  drift against curvature (and the magnitude, log and random
-              ablations), top-rho masks, the reset to pre-trained values
+              ablations), top-rho masks, whole-expert masks, the reset to
+              pre-trained values
   attacks     BadWords, trigger-sentence and bias-word poisoning; the clean-set check
   defences    the defences compared (fine-tuning, Fine-mixing, Fine-pruning, the
-              indicator resets) as maps from the suspect's parameters
+              indicator resets, whole routed experts) as maps from the suspect's
+              parameters
   detect      where the selected dimensions sit: layers, modules, experts, trigger rows
   evaluate    clean accuracy and attack success rate
   attacker    the attack's data files and the poisoned fine-tune
