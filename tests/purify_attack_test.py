@@ -14,13 +14,15 @@ import random
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from moe_jax.classify import datasets
-from moe_jax.purify import attacker, configs
+from moe_jax.classify import task as classify_task
+from moe_jax.hf import from_pretrained
+from moe_jax.purify import attacker, configs, evaluate, indicators
 from moe_jax.purify import task as purify_task
+from moe_jax.tokenizer import load_tokenizer
 
 KEYWORDS = ("apple", "banana", "cherry")
 FILLER = "the a some one two red blue green old new big small".split()
@@ -95,28 +97,28 @@ def test_the_reset_and_clean_fine_tune_remove_it(attacked, tmp_path):
 def test_the_clean_fine_tune_of_the_reset_dimensions_alone(attacked, tmp_path):
   """purify.finetune="reset": the exported model differs from the suspect only in the reset
   dimensions (and the classifier), and those moved off w_init in the fine-tune."""
-  from moe_jax.hf import from_pretrained
   root, cfg, _ = attacked
   c = cfg.copy_and_resolve_references()
   c.purify.update(suspect=str(root / "attack"), defence="ratio", rho=0.02, finetune="reset")
   c.num_train_steps, c.optimizer.warmup_steps = 3, 1
   purify_task.run(c, str(tmp_path))
-  suspect = from_pretrained(str(root / "attack" / "hf")).params
-  w_init = from_pretrained(c.purify.pretrained).params
-  after = from_pretrained(str(tmp_path / "hf")).params
-  flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(t)[0])
-  s, i, a = flat(suspect), flat(w_init), flat(after)
-  moved = sum(int(np.sum(a[k] != s[k])) for k in i)
+  data = attacker.read(str(root / "attack"))
+  suspect_model = evaluate.load_suspect(data.suspect_dir)
+  rows = classify_task.labelled_rows(data.clean, load_tokenizer(c.data.tokenizer),
+                                     suspect_model.config, c.data.seq_len)
+  w_init_model = from_pretrained(c.purify.pretrained)
+  _, _, mask = purify_task.defend(c, suspect_model, w_init_model, rows)  # the run's mask, again
+  s, i = indicators._named(suspect_model.params), indicators._named(w_init_model.params)
+  a = indicators._named(from_pretrained(str(tmp_path / "hf")).params)
   off_init = 0
-  for k in i:  # w_init's tensors: the transformer without the classifier
-    reset = a[k] != s[k]  # a moved dimension was reset first (w_init there), then fine-tuned
-    off_init += int(np.sum(a[k][reset] != i[k][reset]))
-  report = json.loads((tmp_path / purify_task.DETECT_FILE).read_text())
-  assert 0 < moved <= report["selected"]
-  assert off_init > 0  # the fine-tune moved the reset dimensions
+  for k, m in mask.items():  # w_init's tensors: the transformer without the classifier
+    m = np.asarray(m)
+    assert (a[k][~m] == s[k][~m]).all(), k  # outside the mask: the suspect's, bit for bit
+    off_init += int(np.sum(a[k][m] != i[k][m]))
+  assert off_init > 0  # the fine-tune moved the reset dimensions off w_init
   # A rerun restores the finished run (its optimizer state holds the mask) and changes nothing.
   purify_task.run(c, str(tmp_path))
-  again = flat(from_pretrained(str(tmp_path / "hf")).params)
+  again = indicators._named(from_pretrained(str(tmp_path / "hf")).params)
   for k, v in a.items():
     np.testing.assert_array_equal(again[k], v)
 
