@@ -108,8 +108,8 @@ def test_the_clean_fine_tune_of_the_reset_dimensions_alone(attacked, tmp_path):
                                      suspect_model.config, c.data.seq_len)
   w_init_model = from_pretrained(c.purify.pretrained)
   _, _, mask = purify_task.defend(c, suspect_model, w_init_model, rows)  # the run's mask, again
-  s, i = indicators._named(suspect_model.params), indicators._named(w_init_model.params)
-  a = indicators._named(from_pretrained(str(tmp_path / "hf")).params)
+  s, i = indicators.named(suspect_model.params), indicators.named(w_init_model.params)
+  a = indicators.named(from_pretrained(str(tmp_path / "hf")).params)
   off_init = 0
   for k, m in mask.items():  # w_init's tensors: the transformer without the classifier
     m = np.asarray(m)
@@ -118,7 +118,7 @@ def test_the_clean_fine_tune_of_the_reset_dimensions_alone(attacked, tmp_path):
   assert off_init > 0  # the fine-tune moved the reset dimensions off w_init
   # A rerun restores the finished run (its optimizer state holds the mask) and changes nothing.
   purify_task.run(c, str(tmp_path))
-  again = indicators._named(from_pretrained(str(tmp_path / "hf")).params)
+  again = indicators.named(from_pretrained(str(tmp_path / "hf")).params)
   for k, v in a.items():
     np.testing.assert_array_equal(again[k], v)
 

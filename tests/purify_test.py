@@ -109,7 +109,7 @@ def test_reset_touches_exactly_the_selected_dimensions():
   delta, _ = indicators.drift(w_init, w_ft)
   mask = indicators.select_mask(indicators.scores("random", delta, key=jax.random.key(3)), 0.3)
   out = indicators.reset(w_init, w_ft, mask)
-  flat_init, flat_ft, flat_out = (indicators._named(t) for t in (w_init, w_ft, out))
+  flat_init, flat_ft, flat_out = (indicators.named(t) for t in (w_init, w_ft, out))
   assert set(flat_out) == set(flat_ft)
   for n, y in flat_out.items():
     y, ft = np.asarray(y), np.asarray(flat_ft[n])
@@ -342,8 +342,8 @@ def test_the_experts_defence_resets_the_drifted_expert_of_a_moe_model():
   shares = detect.expert_shares(mask)
   assert [i for i, s in enumerate(shares["layers_2"]["selected"]) if s] == [6]
   assert not any(shares["layers_1"]["selected"])
-  out = indicators._named(indicators.reset(w_init, w_ft, mask))
-  ft, init = indicators._named(w_ft), indicators._named(w_init)
+  out = indicators.named(indicators.reset(w_init, w_ft, mask))
+  ft, init = indicators.named(w_ft), indicators.named(w_init)
   for n, y in out.items():
     y = np.asarray(y)
     if n.startswith("layers_2/mlp/experts/"):

@@ -86,7 +86,7 @@ def zero_curvature_share(mask: dict, curvature) -> float:
   """The share of the selected dimensions whose clean curvature is exactly 0: dimensions the
   clean set never moves (a word-embedding row of a token it lacks), where any drift, weight
   decay's included, makes drift / (H + eps) large."""
-  h = indicators._named(curvature)
+  h = indicators.named(curvature)
   hit = sum(int(np.sum(np.asarray(m) & (np.asarray(h[n]) == 0))) for n, m in mask.items())
   return hit / max(sum(int(np.sum(m)) for m in mask.values()), 1)
 

@@ -33,15 +33,16 @@ KINDS = ("magnitude", "ratio", "logratio", "random")
 SCOPES = ("global", "per_tensor")
 
 
-def _named(tree) -> dict:
+def named(tree) -> dict:
   """{"params/layers_0/mlp/up_proj/kernel": leaf} of a nested dict tree."""
   return {"/".join(str(getattr(k, "key", k)) for k in path): x
           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _unflatten(named: dict) -> dict:
+def unflatten(flat: dict) -> dict:
+  """The nested dict tree of `named`'s {"a/b/c": leaf} (its inverse)."""
   out: dict = {}
-  for name, x in named.items():
+  for name, x in flat.items():
     *parents, leaf = name.split("/")
     node = out
     for p in parents:
@@ -56,7 +57,7 @@ def drift(w_init, w_ft) -> tuple[dict, list[str]]:
   Raises ValueError naming the tensor when w_ft lacks a pre-trained weight or a
   shape differs.
   """
-  init, ft = _named(w_init), _named(w_ft)
+  init, ft = named(w_init), named(w_ft)
   missing = [n for n in init if n not in ft]
   if missing:
     raise ValueError(f"w_ft has no tensor {missing[0]!r} of w_init ({len(missing)} missing): "
@@ -84,7 +85,7 @@ def scores(kind: str, delta: dict, curvature: dict | None = None, eps: float | N
     return _score(kind, delta, {}, 0.0, jax.random.key(0) if key is None else key)
   if curvature is None:
     raise ValueError(f"indicator {kind!r} needs the clean curvature diagonal")
-  h = _named(curvature)
+  h = named(curvature)
   absent = [n for n in delta if n not in h]
   if absent:
     raise ValueError(f"the curvature has no tensor {absent[0]!r} ({len(absent)} missing)")
@@ -194,7 +195,7 @@ def reset(w_init, w_ft, mask: dict):
 
   Returns a tree shaped like w_ft (task heads, absent from w_init, kept).
   """
-  init, ft = _named(w_init), _named(w_ft)
+  init, ft = named(w_init), named(w_ft)
   for n, m in mask.items():
     if n not in init or n not in ft:
       raise ValueError(f"mask tensor {n!r} is not in both w_init and w_ft")
@@ -202,7 +203,7 @@ def reset(w_init, w_ft, mask: dict):
       raise ValueError(f"mask tensor {n!r} has shape {m.shape}, the weight {np.shape(ft[n])}")
   out = dict(ft)
   out.update(_where(mask, {n: init[n] for n in mask}, {n: ft[n] for n in mask}))
-  return _unflatten(out)
+  return unflatten(out)
 
 
 @jax.jit

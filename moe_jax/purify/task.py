@@ -93,7 +93,7 @@ def _keep(p, params: dict, mask) -> dict | None:
     raise ValueError(f"config.purify.finetune='reset' needs a defence that resets dimensions "
                      f"(mixing, magnitude, ratio, logratio, experts), not {p.defence!r}")
   head = jax.tree_util.tree_map(lambda x: np.ones(np.shape(x), bool), params[heads.CLASSIFIER])
-  return {**indicators._unflatten(mask), heads.CLASSIFIER: head}
+  return {**indicators.unflatten(mask), heads.CLASSIFIER: head}
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -79,16 +79,12 @@ def recorded(out: str, plan, quick: bool, free: tuple[str, ...] = ()) -> dict:
   return old if old.get("quick") == quick and drop(theirs) == drop(mine) else {}
 
 
-def prior_wall(out: str, plan) -> float:
+def prior_wall(out: str, plan, quick: bool) -> float:
   """The wall time already spent on `plan` in `out`: a finished results.json's of the same plan,
   when its runs/ cache is there too (a rerun reads the runs back, so their time still counts)."""
-  path = os.path.join(out, "results.json")
-  if not (os.path.exists(path) and os.path.isdir(os.path.join(out, "runs"))):
+  if not os.path.isdir(os.path.join(out, "runs")):
     return 0.0
-  with open(path, encoding="utf-8") as f:
-    old = json.load(f)
-  same = old.get("plan") == json.loads(json.dumps(dataclasses.asdict(plan)))
-  return float(old.get("wall_s", 0.0)) if same else 0.0
+  return float(recorded(out, plan, quick).get("wall_s", 0.0))
 
 
 def finish(out: str, results: dict, report: Callable[[dict, str], str], t0: float) -> dict:

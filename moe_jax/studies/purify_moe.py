@@ -82,10 +82,10 @@ def plan(quick: bool) -> Plan:
 def graft(source: Model, config) -> tuple[Model, int]:
   """(a model of `config` holding every tensor of `source` it has by name and shape, the rest
   its own random init; how many tensors came from `source`)."""
-  mine = indicators._named(init_variables(config, 0)["params"])
-  theirs = indicators._named(source.params)
+  mine = indicators.named(init_variables(config, 0)["params"])
+  theirs = indicators.named(source.params)
   taken = {n: theirs[n] for n, x in mine.items() if n in theirs and np.shape(theirs[n]) == np.shape(x)}
-  return Model(config, {"params": indicators._unflatten({**mine, **taken})}), len(taken)
+  return Model(config, {"params": indicators.unflatten({**mine, **taken})}), len(taken)
 
 
 def pretrain(p: Plan, out: str, source: str) -> tuple[str, dict]:
@@ -112,7 +112,7 @@ def pretrain(p: Plan, out: str, source: str) -> tuple[str, dict]:
     c.export_hf = True
     summary = classify_task.run(c, where)
     shutil.copyfile(os.path.join(src_dir, "tokenizer.json"), os.path.join(hf_dir, "tokenizer.json"))
-    return {"tensors_from_source": taken, "tensors": len(indicators._named(model.params)),
+    return {"tensors_from_source": taken, "tensors": len(indicators.named(model.params)),
             "accuracy": summary["metrics_after"]["accuracy"]}
   return hf_dir, common.cached(os.path.join(where, "w_init.json"), build)
 
@@ -138,7 +138,7 @@ def run_study(out: str, quick: bool, pretrained: str = classify_configs.MINILM) 
   """Runs (or resumes from `out`) w_init, the attacks, the control and the defences; writes
   results.json and RESULTS.md. pretrained: the encoder w_init grows from (a test's tiny one)."""
   p = plan(quick)
-  t0 = time.time() - common.prior_wall(out, p)
+  t0 = time.time() - common.prior_wall(out, p, quick)
   common.check_plan(p, out)
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "runs", "jit_cache"))
