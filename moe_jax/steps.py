@@ -60,15 +60,33 @@ def keep_only(keep) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def scale_heads(factors: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies the updates of the named top-level subtrees (task heads) by their factors.
+
+  After AdamW, whose whole update (step and weight decay) is proportional to the learning
+  rate, a factor is exactly that head's own learning rate: lr x factor, same schedule.
+  """
+  def update(updates, state, params=None):
+    del params
+    missing = sorted(set(factors) - set(updates))
+    if missing:
+      raise KeyError(f"lr_scale names {missing}, not top-level parameters ({sorted(updates)})")
+    return {k: jax.tree_util.tree_map(lambda u, f=factors.get(k): u * f, v) if k in factors else v
+            for k, v in updates.items()}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg, num_steps: int, spec: trainable.TrainableSpec,
-                   keep=None) -> optax.GradientTransformation:
+                   keep=None, lr_scale: dict[str, float] | None = None) -> optax.GradientTransformation:
   """Clipping, then AdamW on trained leaves (decay on matrices only) and zero on frozen ones.
 
   cfg: the `optimizer` fields of a training config (learning_rate, schedule,
   warmup_steps, final_lr_fraction, b1, b2, weight_decay, grad_clip); any object
   with those attributes will do. keep: None, or bool arrays like the split
   parameters: only their True dimensions move (`keep_only`; Fine-purifying's
-  fine-tune of the reset dimensions alone).
+  fine-tune of the reset dimensions alone). lr_scale: {head name: factor}, that head's
+  learning rate as a multiple of cfg.learning_rate (`scale_heads`; FormBERT's formation lr).
   """
   warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
   if cfg.schedule == "constant":
@@ -89,6 +107,8 @@ def make_optimizer(cfg, num_steps: int, spec: trainable.TrainableSpec,
       optax.clip_by_global_norm(cfg.grad_clip),
       optax.multi_transform({trainable.TRAIN: adamw, trainable.FROZEN: optax.set_to_zero()},
                             lambda params: trainable.labels(params, spec)))
+  if lr_scale:
+    tx = optax.chain(tx, scale_heads(dict(lr_scale)))
   return tx if keep is None else optax.chain(tx, keep_only(keep))
 
 

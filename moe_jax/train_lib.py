@@ -200,11 +200,13 @@ def _logical_params(model: Model, spec: trainable.TrainableSpec) -> dict:
 
 
 def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: trainable.TrainableSpec,
-              mesh, num_steps: int, extra_meta: dict | None = None, keep=None) -> Run:
+              mesh, num_steps: int, extra_meta: dict | None = None, keep=None,
+              lr_scale: dict[str, float] | None = None) -> Run:
   """Places `model` under `spec` on `mesh` with a fresh optimizer, or restores the latest checkpoint.
 
   keep: None, or bool arrays like the split parameters: only their True dimensions train
-  (`moe_jax.steps.keep_only`).
+  (`moe_jax.steps.keep_only`). lr_scale: {head: factor}, a head's own learning rate as a
+  multiple of the config's (`moe_jax.steps.scale_heads`); a checkpoint made with others is refused.
   """
   mcfg, rules = model.config, _rules(cfg)
   trainable.check_selection(spec, mcfg)
@@ -212,7 +214,7 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: 
   if cfg.data.batch_size % batch_axes:
     raise ValueError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"mesh's batch axes (data x fsdp x expert = {batch_axes})")
-  tx = make_optimizer(cfg.optimizer, num_steps, spec, keep)
+  tx = make_optimizer(cfg.optimizer, num_steps, spec, keep, lr_scale)
   logical = _logical_params(model, spec)
   params = trainable.split(model.params, spec, mcfg)
   param_sh = sharding.tree_shardings(trainable.split_logical(logical, params, spec, mcfg), params,
@@ -228,7 +230,8 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: 
   summary = {"trainable_params": counts["train"], "total_params": total,
              "trainable_fraction": counts["train"] / total}
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint_every, cfg.keep_checkpoints)
-  meta = {**_meta(mcfg, spec), **(extra_meta or {})}
+  meta = {**_meta(mcfg, spec), **({"lr_scale": dict(lr_scale)} if lr_scale else {}),
+          **(extra_meta or {})}
   latest = ckpt.latest_step()
   data_state = None
   if latest is not None:
@@ -285,14 +288,17 @@ def _stop_non_finite(run: Run, state, step: int, data_state, m: dict, name: str)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, model: Model, spec: trainable.TrainableSpec,
-          data: Data, mesh, name: str = "train", loss_fn=lm_loss, keep=None) -> tuple[Model, dict]:
+          data: Data, mesh, name: str = "train", loss_fn=lm_loss, keep=None,
+          lr_scale: dict[str, float] | None = None) -> tuple[Model, dict]:
   """Trains `model` under `spec` for cfg.num_train_steps, resuming from `workdir` checkpoints.
 
   keep: None, or bool arrays like the split parameters: only their True dimensions train.
+  lr_scale: {head: factor}: that head's learning rate is the config's times factor.
 
   Returns the trained model (the plain parameter tree, on the host) and a summary dict.
   """
-  run = start_run(cfg, workdir, model, spec, mesh, cfg.num_train_steps, keep=keep)
+  run = start_run(cfg, workdir, model, spec, mesh, cfg.num_train_steps, keep=keep,
+                  lr_scale=lr_scale)
   state, ckpt, summary = run.state, run.checkpointer, dict(run.summary)
   step_fn = compile_step(run, model.config, loss_fn)
   eval_fn = jax.jit(make_eval_step(model.config, spec, loss_fn),

@@ -103,3 +103,34 @@ def test_keep_only_moves_exactly_the_kept_dimensions():
   got = [s for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]
          if "keep" in jax.tree_util.keystr(path)]
   assert got == ["param sharding"] * 2
+
+
+def test_lr_scale_gives_a_head_its_own_learning_rate():
+  """make_optimizer(lr_scale={"head": 8}): the head moves exactly as AdamW at 8x the learning
+  rate would move it alone (weight decay included); every other leaf as AdamW at the base rate."""
+  rng = np.random.default_rng(1)
+  params = {"body": {"w": rng.normal(size=(4, 3)).astype(np.float32)},
+            "head": {"kernel": rng.normal(size=(3, 2)).astype(np.float32),
+                     "bias": rng.normal(size=(2,)).astype(np.float32)}}
+  cfg = train_config.base_config().optimizer
+  cfg.schedule, cfg.warmup_steps, cfg.grad_clip = "constant", 0, 1e9
+  cfg.learning_rate, cfg.weight_decay = 1e-2, 0.1
+  spec = trainable.TrainableSpec().with_heads({"head": HEAD})
+  tx = steps.make_optimizer(cfg, 3, spec, lr_scale={"head": 8.0})
+  mask = lambda t: jax.tree_util.tree_map(lambda x: x.ndim >= 2, t)
+  ref = {k: optax.adamw(cfg.learning_rate * (8.0 if k == "head" else 1.0), b1=cfg.b1, b2=cfg.b2,
+                        weight_decay=cfg.weight_decay, mask=mask) for k in params}
+  state, ref_state = tx.init(params), {k: ref[k].init(params[k]) for k in params}
+  p, q = params, dict(params)
+  for _ in range(3):
+    grads = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32), p)
+    updates, state = tx.update(grads, state, p)
+    p = optax.apply_updates(p, updates)
+    for k in q:
+      u, ref_state[k] = ref[k].update(grads[k], ref_state[k], q[k])
+      q[k] = optax.apply_updates(q[k], u)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p, q)
+  assert not np.allclose(p["head"]["kernel"], params["head"]["kernel"])
+  with pytest.raises(KeyError, match="lr_scale names \\['nope'\\]"):
+    bad = steps.make_optimizer(cfg, 3, spec, lr_scale={"nope": 2.0})
+    bad.update(params, bad.init(params), params)
