@@ -60,6 +60,7 @@ def test_included_pages_stay_in_sync(site):
                if line.startswith("## "))
   heading = first[3:].strip().replace("`", "")  # inline code renders as <code>, so compare plain text
   assert heading in re.sub(r"<[^>]+>", "", bench)  # benchmarks/RESULTS.md is included, not copied
-  for results in glob.glob(str(REPO / "docs" / "*" / "RESULTS.md")):
-    study = pathlib.Path(results).parent.name
+  docs = REPO / "docs"
+  for results in glob.glob(str(docs / "*" / "RESULTS.md")) + glob.glob(str(docs / "*" / "*" / "RESULTS.md")):
+    study = pathlib.Path(results).parent.relative_to(docs)
     assert (site / study / "RESULTS" / "index.html").exists(), study

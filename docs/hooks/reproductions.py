@@ -1,4 +1,4 @@
-"""MkDocs hook: the "Reproductions" nav section lists every docs/<study>/RESULTS.md.
+"""MkDocs hook: the "Reproductions" nav section lists every docs/<study>/RESULTS.md (one level deeper too).
 
 Each reproduction study (`python -m moe_jax.studies.esft`, `python -m
 moe_jax.studies.prm`) commits its report as docs/<study>/RESULTS.md with its
@@ -25,9 +25,12 @@ def _title(path: str, fallback: str) -> str:
 def on_config(config):
   docs = config["docs_dir"]
   pages = []
-  for path in sorted(glob.glob(os.path.join(docs, "*", "RESULTS.md"))):
+  # docs/<study>/RESULTS.md, or docs/<area>/<study>/RESULTS.md (docs/finance/events/)
+  found = glob.glob(os.path.join(docs, "*", "RESULTS.md")) + glob.glob(
+      os.path.join(docs, "*", "*", "RESULTS.md"))
+  for path in sorted(found):
     rel = os.path.relpath(path, docs).replace(os.sep, "/")
-    pages.append({_title(path, rel.split("/")[0]): rel})
+    pages.append({_title(path, rel.rsplit("/", 1)[0]): rel})
   nav = config["nav"] or []
   for i, item in enumerate(nav):
     if isinstance(item, dict) and SECTION in item:
