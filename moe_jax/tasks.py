@@ -14,6 +14,12 @@ task brings only its data, its loss and its metrics:
             (`moe_jax.cascade`)
   purify    defend a backdoored classifier and fine-tune it on clean data: configs/purify_*.py
             (`moe_jax.purify`)
+  forex     grouped news aggregation (GEA) for forex movement: configs/forex_news.py
+            (`moe_jax.finance.forex_task`)
+  stock     stock movement from fine-grained news events (SSPM / MSSPM): configs/stock_events.py
+            (`moe_jax.finance.stock_task`)
+  wsd       FormBERT: Chinese word-sense disambiguation with word formations:
+            configs/wsd_formbert.py (`moe_jax.wsd`)
 
 A new task is a function here (or in its own package) and a line in `TASKS`;
 the engine below (`train_lib`, `steps`) does not know the tasks.
@@ -29,9 +35,12 @@ import ml_collections
 from moe_jax import train_lib, trainable
 from moe_jax.cascade import task as cascade_task
 from moe_jax.classify import task as classify_task
+from moe_jax.finance import forex_task
+from moe_jax.finance import stock_task
 from moe_jax.prm import training as prm_training
 from moe_jax.prm.ppo import task as ppo_task
 from moe_jax.purify import task as purify_task
+from moe_jax.wsd import task as wsd_task
 
 
 def lm(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -55,6 +64,9 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
     "classify": classify_task.run,
     "cascade": cascade_task.run,
     "purify": purify_task.run,
+    "forex": forex_task.run,
+    "stock": stock_task.run,
+    "wsd": wsd_task.run,
 }
 
 

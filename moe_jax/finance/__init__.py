@@ -6,7 +6,13 @@
   events     the event dictionary, its BIO role extractor, news JSONL reading
   crf        a linear-chain CRF: log-partition, Viterbi, negative log-likelihood
   sspm       SSPM and MSSPM (news, event roles and trade data fused by co-attention)
-  forex      grouped news aggregation for forex movement
+  simulate   seeded news of K event types on a real price series, with planted moves
+  stock_configs, stock_task  the "stock" task (configs/stock_events.py): SSPM, MSSPM and
+             their raw-text and coarse-event baselines through the shared trainer
+  forex      GEA: grouped news aggregation for forex movement (group, extract, attend)
+  forex_data  news JSONL and rate readers, windows and labels, time / topic / category groups
+  forex_sim  seeded redundant news over a real currency series, a few crucial items planted
+  forex_configs, forex_task  the "forex" task (configs/forex_news.py) through the shared trainer
 
 Modules are imported by name; this file imports nothing.
 """
