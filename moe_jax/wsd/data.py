@@ -17,10 +17,12 @@ shipped sample (`assets:wsd_sample.jsonl`, one JSON object per row with the
 same four fields, built by `moe_jax.wsd.lexicon`) reads through `read_rows`
 like a TSV, by its extension.
 
-`encode` writes the model's rows: the pair "[CLS] context [SEP] gloss [SEP]"
-with token types 0 through the first [SEP] and 1 after (BERT's), and the
-context alone, "[CLS] context [SEP]" with types 0, for the formation
-predictor, as the official code tokenizes both (N rows, T = seq_len).
+`encode` writes the model's rows: the pair in the tokenizer's own template
+(`pair_template`: BERT's "[CLS] context [SEP] gloss [SEP]" with token types 0
+through the first [SEP] and 1 after; XLM-R's "<s> context </s></s> gloss </s>"
+with types all 0), and the context alone, "[CLS] context [SEP]" (`<s> context
+</s>`) with types 0, for the formation predictor, as the official code
+tokenizes both (N rows, T = seq_len).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import csv
 import dataclasses
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -158,16 +161,46 @@ def _truncate_pair(a: list[int], b: list[int], room: int) -> tuple[list[int], li
   return a, b
 
 
+class PairTemplate(NamedTuple):
+  """A pair's special tokens around its two texts and the token type of each part."""
+  pre: list  # ids before text a ("[CLS]")
+  mid: list  # ids between a and b ("[SEP]"; XLM-R "</s></s>")
+  post: list  # ids after b ("[SEP]")
+  types: tuple  # token types of (pre + a + mid, b + post)
+
+
+def pair_template(tokenizer) -> PairTemplate:
+  """The tokenizer's pair layout, read off its `encode_pair` on two probe texts (BERT's
+  "[CLS] a [SEP] b [SEP]", types 0 then 1, for a tokenizer without one)."""
+  cls, sep = tokenizer.bos_id, tokenizer.eos_id
+  if cls is None or sep is None:
+    raise ValueError("data.encode needs a tokenizer with begin and end tokens ([CLS]/[SEP], "
+                     "<s>/</s>)")
+  if not hasattr(tokenizer, "encode_pair"):
+    return PairTemplate([cls], [sep], [sep], (0, 1))
+  a, b = tokenizer.encode("a"), tokenizer.encode("b")
+  ids, types = tokenizer.encode_pair("a", "b")
+  for i in range(len(ids) - len(a) + 1):
+    for j in range(i + len(a), len(ids) - len(b) + 1):
+      if ids[i:i + len(a)] == a and ids[j:j + len(b)] == b:
+        t = (types[i], types[j])
+        if (all(x == t[0] for x in types[:j]) and all(x == t[1] for x in types[j:])):
+          return PairTemplate(ids[:i], ids[i + len(a):j], ids[j + len(b):], t)
+  raise ValueError(f"data.encode: the tokenizer's pair {ids} (types {types}) of 'a' {a} and "
+                   f"'b' {b} "
+                   "is not special tokens around the two texts")
+
+
 def encode(rows, tokenizer, seq_len: int) -> dict:
   """The model's rows [N, T] (T = seq_len) and per-row fields [N].
 
-  tokens, token_type_ids, segment_ids (1 = real, 0 = padding), positions: the pair;
-  context_tokens, context_segment_ids: "[CLS] context [SEP]" alone (types 0);
+  tokens, token_type_ids, segment_ids (1 = real, 0 = padding), positions: the pair
+  (`pair_template`); context_tokens, context_segment_ids: "[CLS] context [SEP]" alone (types 0);
   label, formation (the tag's id), group (`context_groups`).
   """
   n, cls, sep = len(rows), tokenizer.bos_id, tokenizer.eos_id
-  if cls is None or sep is None:
-    raise ValueError("data.encode needs a BERT-style tokenizer with [CLS] and [SEP]")
+  tpl = pair_template(tokenizer)
+  room = seq_len - len(tpl.pre) - len(tpl.mid) - len(tpl.post)
   out = {k: np.zeros((n, seq_len), np.int32) for k in (
       "tokens", "token_type_ids", "segment_ids", "positions", "context_tokens",
       "context_segment_ids")}
@@ -175,10 +208,12 @@ def encode(rows, tokenizer, seq_len: int) -> dict:
   out["context_tokens"][:] = tokenizer.pad_id
   for i, r in enumerate(rows):
     ctx, gloss = tokenizer.encode(r.context), tokenizer.encode(r.definition)
-    a, b = _truncate_pair(ctx, gloss, seq_len - 3)
-    ids = [cls] + a + [sep] + b + [sep]
+    a, b = _truncate_pair(ctx, gloss, room)
+    first = tpl.pre + a + tpl.mid
+    ids = first + b + tpl.post
     out["tokens"][i, :len(ids)] = ids
-    out["token_type_ids"][i, len(a) + 2:len(ids)] = 1
+    out["token_type_ids"][i, :len(first)] = tpl.types[0]
+    out["token_type_ids"][i, len(first):len(ids)] = tpl.types[1]
     out["segment_ids"][i, :len(ids)] = 1
     out["positions"][i, :len(ids)] = np.arange(len(ids))
     c = [cls] + ctx[:seq_len - 2] + [sep]

