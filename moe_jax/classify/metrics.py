@@ -18,6 +18,13 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
   return m
 
 
+def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
+  """Matthews correlation of binary labels and predictions (0 when a margin of the table is empty)."""
+  (tn, fp), (fn, tp) = confusion_matrix(labels, preds, 2).astype(np.float64)
+  denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+  return float((tp * tn - fp * fn) / denom) if denom else 0.0
+
+
 def macro_f1(confusion: np.ndarray) -> float:
   """The unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN).
 

@@ -38,10 +38,10 @@ from jax.sharding import PartitionSpec as P
 
 from moe_jax import axes as ax
 from moe_jax import moe
+from moe_jax.finance.sspm import masked_softmax
 
 HEAD = "forex"  # where the trainer's model holds GEA: params["forex"], beside the frozen encoder
 GROUPINGS = ("time", "topic", "category", "none")
-_NEG = -1e30  # a finite "minus infinity": masked logits keep finite gradients
 
 
 class Attention(NamedTuple):
@@ -71,13 +71,6 @@ def extract(scores, member, k: int):
   vals, idx = jax.lax.top_k(masked, min(k, m))  # [B, G, K]
   hit = jax.nn.one_hot(idx, m, dtype=jnp.bool_) & jnp.isfinite(vals)[..., None]  # [B, G, K, M]
   return jnp.any(hit, axis=(1, 2))
-
-
-def masked_softmax(logits, mask, axis: int = -1):
-  """softmax over the True entries of mask along axis; all-False slices give zeros."""
-  z = jnp.where(mask, logits, _NEG)
-  e = jnp.where(mask, jnp.exp(z - jnp.max(z, axis=axis, keepdims=True)), 0.0)
-  return e / jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 1e-30)
 
 
 class GEA(nn.Module):

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax import input_pipeline, train_lib, trainable
+from moe_jax.classify import metrics as cls_metrics
 from moe_jax.classify import task as classify_task
 from moe_jax.finance import forex, forex_data
 from moe_jax.model import Model
@@ -35,15 +36,6 @@ HEADS_FILE = "forex_heads.msgpack"
 def num_groups(grouping: str, c: ml_collections.ConfigDict, categories: int) -> int:
   """G for a grouping: time buckets, topic clusters, categories, or one group."""
   return {"time": c.time_buckets, "topic": c.topics, "category": categories, "none": 1}[grouping]
-
-
-def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
-  """Matthews correlation of binary predictions (0 when a margin of the table is empty)."""
-  y, p = np.asarray(labels) == 1, np.asarray(preds) == 1
-  tp, tn = float(np.sum(y & p)), float(np.sum(~y & ~p))
-  fp, fn = float(np.sum(~y & p)), float(np.sum(y & ~p))
-  den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-  return (tp * tn - fp * fn) / den if den else 0.0
 
 
 class Prepared:
@@ -117,7 +109,7 @@ def evaluate(module: forex.GEA, params: dict, rows: dict, grouping: str, names) 
         "mass_share": float(np.sum(mass * mine) / len(labels)),  # mean per window
         "kept_share": float(np.sum(kept & mine) / max(mine.sum(), 1)),
         "accuracy_dropped": float(np.mean(drop_preds == labels))}
-  return {"accuracy": float(np.mean(preds == labels)), "mcc": mcc(labels, preds),
+  return {"accuracy": float(np.mean(preds == labels)), "mcc": cls_metrics.mcc(labels, preds),
           "windows": int(len(labels)), "up_share": float(np.mean(labels)),
           "categories": per_cat}, {"probs": probs, "mass": mass, "kept": kept,
                                    "scores": np.asarray(att.scores)}

@@ -32,8 +32,9 @@ from moe_jax.finance import crf as crf_lib
 _NEG = -1e9
 
 
-def masked_softmax(scores, mask, axis):
-  """softmax of scores over `axis` where mask is true; an all-masked slice gives zeros."""
+def masked_softmax(scores, mask, axis: int = -1):
+  """softmax of scores over `axis` where mask is true; an all-masked slice gives zeros.
+  (GEA's attention in `moe_jax.finance.forex` uses it too.)"""
   s = jnp.where(mask, scores, _NEG)
   p = jax.nn.softmax(s, axis=axis)
   return jnp.where(mask, p, 0.0)

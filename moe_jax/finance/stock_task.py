@@ -219,13 +219,6 @@ def predict(model: Model, c: ml_collections.ConfigDict, rows: dict, batch_size: 
   return np.concatenate(probs), np.concatenate(tags)
 
 
-def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
-  """Matthews correlation of binary labels and predictions (0 when a margin is empty)."""
-  (tn, fp), (fn, tp) = cls_metrics.confusion_matrix(labels, preds, 2).astype(np.float64)
-  denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-  return float((tp * tn - fp * fn) / denom) if denom else 0.0
-
-
 def report(probs: np.ndarray, tags: np.ndarray, rows: dict) -> dict:
   """Accuracy and MCC overall and per subset, and the fused tags' agreement with the dictionary's."""
   preds, labels = (probs > 0.5).astype(np.int64), rows["label"]
@@ -236,7 +229,7 @@ def report(probs: np.ndarray, tags: np.ndarray, rows: dict) -> dict:
   for name, s in subsets.items():
     if s.any():
       out[name] = {"accuracy": float(np.mean(preds[s] == labels[s])),
-                   "mcc": mcc(labels[s], preds[s]), "examples": int(s.sum())}
+                   "mcc": cls_metrics.mcc(labels[s], preds[s]), "examples": int(s.sum())}
   real = rows["segment_ids"] != 0
   cov = rows["covered"] == 1
   same = [np.array_equal(tags[i][real[i]], rows["tags"][i][real[i]]) for i in np.flatnonzero(cov)]
