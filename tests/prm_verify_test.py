@@ -208,7 +208,8 @@ def test_evaluate_hand_made():
   assert r["short"] == {1: 0, 2: 0, 4: 2}
   a = r["accuracy"]
   assert list(a) == ["prm_min", "prm_prod", "prm_mean", "prm_last", "prm_max", "prm_min+vote",
-                     "majority", "orm", "orm+vote", "random", "pass@n"]
+                     "majority", "orm", "orm+vote", "random", "null", "pass@n"]
+  assert a["null"] == a["random"]  # candidates without texts are each a text of their own
   # Per problem at N = 1, 2, 4 (P1 gold 8; P2 gold 3; P3 empty; P4 gold 1):
   # prm_min: P1 7,8,None  P2 3,4,4  P4 None,None,None
   assert a["prm_min"] == {1: 1 / 4, 2: 1 / 4, 4: 0.0}
@@ -232,7 +233,7 @@ def test_evaluate_hand_made():
 def test_evaluate_methods_and_defaults():
   plain = [Problem("1", [C("1"), C("2")])]
   r = V.evaluate(plain, [1, 2], equal=_equal)
-  assert list(r["accuracy"]) == ["majority", "random", "pass@n"]  # no scores: no PRM/ORM rows
+  assert list(r["accuracy"]) == ["majority", "random", "null", "pass@n"]  # no scores: no RM rows
   r = V.evaluate(plain, [2], methods=["pass@n"], equal=_equal)
   assert r["accuracy"] == {"pass@n": {2: 1.0}}
   with pytest.raises(ValueError, match="unknown method"):
@@ -391,7 +392,8 @@ def test_cli_table_and_json(tmp_path, capsys):
   text = capsys.readouterr().out
   header = text.splitlines()[0].split()
   assert header == ["method", "N=1", "N=2", "N=4", "N=5"]  # powers of two, then the cap (5)
-  row = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:] if line[:1].isalpha()}
+  table = text.split("\n\n")[0].splitlines()  # the accuracy table; the diagnostics follow
+  row = {line.split()[0]: line.split()[1:] for line in table[1:] if line[:1].isalpha()}
   # prm_min: P1 7,8,8,8; P2 3,4,4,4 (N=5 uses all 3); P3 none -> 1/3, 1/3, 1/3, 1/3
   assert row["prm_min"] == ["33.3"] * 4
   assert row["pass@n"] == ["33.3", "66.7", "66.7", "66.7"]

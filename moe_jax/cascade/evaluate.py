@@ -22,7 +22,7 @@ import numpy as np
 from moe_jax.cascade import early_exit, exits
 from moe_jax.classify import metrics
 from moe_jax.classify.task import predict_probs
-from moe_jax.prm.reward import roc_auc
+from moe_jax.prm.discrimination import roc_auc
 
 _FIELDS = ("tokens", "segment_ids", "positions")
 RULES = {"cascade": exits.Threshold, "single": exits.Threshold, "deebert": exits.Entropy,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moe_jax.prm.reward import roc_auc  # the one AUC of the package
+from moe_jax.prm.discrimination import roc_auc  # the one AUC of the package
 
 
 def anchor_attention(attention, q_index, label_pos, demo_labels, n_classes: int) -> np.ndarray:

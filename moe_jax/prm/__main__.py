@@ -128,13 +128,15 @@ def verify(argv) -> int:
   argv: the arguments after "verify". Returns the exit status: 0, or 2 with a
   message on stderr for bad input.
   """
-  from moe_jax.prm import data
+  from moe_jax.prm import data, discrimination
   from moe_jax.prm.candidates import read_candidates
   from moe_jax.prm.verify import METHODS, evaluate, format_table
 
   parser = argparse.ArgumentParser(
       prog="python -m moe_jax.prm verify",
-      description="Best-of-N, self-consistency and SC + RM accuracy from scored candidates.")
+      description="Best-of-N, self-consistency and SC + RM accuracy from scored candidates, and "
+                  "whether the reward model verifies (within-problem AUC, score-vs-length "
+                  "correlation, step AUC within (problem, step index) groups).")
   parser.add_argument("--candidates", required=True, help="JSONL, one problem per line")
   parser.add_argument("--max-n", type=int, default=64,
                       help="largest N (capped at the most candidates any problem has); "
@@ -166,13 +168,17 @@ def verify(argv) -> int:
       raise ValueError(f"{args.candidates}: no problem has any candidates")
     ns = _powers_of_two(min(args.max_n, most))
     result = evaluate(problems, ns, methods)
+    diagnostics = discrimination.diagnose(problems)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(format_table(result))
+  print("\nDoes the reward model verify? (within problems, over distinct texts)")
+  print(discrimination.format_diagnostics(diagnostics))
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"candidates": args.candidates, "ns": ns, **result}, f, indent=2)
+      json.dump({"candidates": args.candidates, "ns": ns, **result, "diagnostics": diagnostics},
+                f, indent=2)
     print(f"wrote {args.out}")
   return 0
 

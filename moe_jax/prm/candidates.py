@@ -1,10 +1,13 @@
 """Best-of-N candidate files: JSONL, one problem per line, read and checked line by line.
 
     {"question": str, "gold": str, "candidates": [{"answer": str | null, "text": str,
-     "steps": [str], "step_scores": [float], "orm_score": float}]}
+     "steps": [str], "step_scores": [float], "orm_score": float,
+     "step_labels": [0 or 1], "length": int}]}
 
 Every candidate field is optional, except that "answer", "text" or "steps"
 must be there; a malformed line is a ValueError naming file:line.
+"step_labels" (exact step labels) and "length" (tokens) feed only the
+discrimination metrics (`moe_jax.prm.discrimination`).
 """
 
 from __future__ import annotations
@@ -64,14 +67,28 @@ def _read_candidate(c, j: int, extract) -> Candidate:
     raise ValueError(f"candidate {j}: 'steps' must be a list of strings")
   if scores and steps and len(scores) != len(steps):
     raise ValueError(f"candidate {j}: {len(scores)} step scores for {len(steps)} steps")
-  return Candidate(answer=answer, step_scores=scores, orm_score=orm, steps=list(steps))
+  labels = c.get("step_labels")
+  labels = [] if labels is None else labels
+  if not isinstance(labels, list):
+    raise ValueError(f"candidate {j}: 'step_labels' must be a list of numbers in [0, 1]")
+  labels = [_number(x, f"candidate {j}: step label {k}") for k, x in enumerate(labels)]
+  if any(not 0.0 <= x <= 1.0 for x in labels):
+    raise ValueError(f"candidate {j}: step labels must lie in [0, 1], got {labels}")
+  if labels and len(labels) != len(steps):
+    raise ValueError(f"candidate {j}: {len(labels)} step labels for {len(steps)} steps")
+  length = c.get("length")
+  if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+    raise ValueError(f"candidate {j}: 'length' must be a non-negative integer, got {length!r}")
+  return Candidate(answer=answer, step_scores=scores, orm_score=orm, steps=list(steps),
+                   step_labels=labels, length=length)
 
 
 def read_candidates(path, extract: Callable[[str], str | None] | None = None) -> list[Problem]:
   """Problems from a JSONL file, one per line (blank lines skipped):
 
     {"question": str, "gold": str, "candidates": [{"answer": str | null,
-     "text": str, "steps": [str], "step_scores": [float], "orm_score": float}]}
+     "text": str, "steps": [str], "step_scores": [float], "orm_score": float,
+     "step_labels": [float], "length": int}]}
 
   Every candidate field is optional, except that "answer" or "text" must be
   there. Without "answer", the answer is extracted (default:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.model import Model, Transformer
+from moe_jax.prm.discrimination import roc_auc  # the one AUC of the package; re-exported here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,21 +130,3 @@ def metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
   return {"steps": int(len(t)), "accuracy": float((pred == y).mean()) if len(t) else float("nan"),
           "balanced_accuracy": float((tpr + tnr) / 2), "auc": roc_auc(probs, y),
           "log_loss": float(-np.mean(t * np.log(probs) + (1 - t) * np.log(1 - probs)))}
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-  """Probability a random positive outscores a random negative (ties count half)."""
-  pos, neg = scores[positive], scores[~positive]
-  if not len(pos) or not len(neg):
-    return float("nan")
-  order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-  ranks = np.empty(len(order))
-  values = np.concatenate([pos, neg])[order]
-  i = 0
-  while i < len(values):  # average ranks over ties
-    j = i
-    while j + 1 < len(values) and values[j + 1] == values[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
-  return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

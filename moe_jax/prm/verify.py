@@ -12,6 +12,9 @@ Over the first n candidates:
   * `weighted_vote`: SC + RM, argmax_a sum_i 1[a_i = a] * score_i.
   * `orm_best_of_n`, `random_choice`, `pass_at_n`: the baselines and the bound.
 
+Accuracy alone hides whether a reward model verifies; `moe_jax.prm.discrimination`
+measures that (within-problem AUC, score-vs-length correlation, step AUC).
+
 `evaluate` gives every method's accuracy for each N. Candidate files are read
 by `moe_jax.prm.candidates`; `python -m moe_jax.prm verify` runs both:
 
@@ -26,7 +29,13 @@ Conventions (each also stated where it applies):
   * A problem with no candidates has no answer: every method counts it wrong,
     and `evaluate` reports how many there were.
   * `evaluate`'s "random" is the exact expected accuracy of one uniformly drawn
-    candidate among the first n (their mean correctness), not a sample.
+    candidate among the first n (their mean correctness), not a sample; its
+    "null" is the same for a null reward model, one that gives each distinct
+    solution text a random score: it picks uniformly among the distinct texts,
+    so its expected accuracy is their mean correctness. Sampled right answers
+    are often the same few texts repeated, so "null" can sit far below
+    "random": it is the bar a reward model's best-of-N must clear to show any
+    verification at all.
   * n beyond a problem's candidates uses all of them; `evaluate` reports how
     many problems were short of each n.
   * "prod" is compared in log space (sum of log scores), so products that
@@ -45,7 +54,7 @@ import numpy as np
 AGGREGATIONS = ("min", "prod", "mean", "last", "max")
 # evaluate() method names: PRM best-of-N per aggregation, SC + PRM per aggregation, baselines.
 METHODS = (tuple(f"prm_{a}" for a in AGGREGATIONS) + tuple(f"prm_{a}+vote" for a in AGGREGATIONS)
-           + ("majority", "orm", "orm+vote", "random", "pass@n"))
+           + ("majority", "orm", "orm+vote", "random", "null", "pass@n"))
 
 Equal = Callable[[str, str], bool]
 
@@ -57,13 +66,21 @@ class Candidate:
   answer: the normalised final answer, None if it could not be parsed.
   step_scores: the PRM's score for each step (empty: not scored yet).
   orm_score: the outcome reward model's score for the whole solution, if any.
-  steps: the solution's step texts (used only to score it with a PRM).
+  steps: the solution's step texts (to score it with a PRM, and to tell
+    identical solutions apart: two candidates are the same text when their
+    steps are equal; a candidate without steps is a text of its own).
+  step_labels: the exact label of each step (1 good, 0 bad), if known; only
+    `discrimination`'s step AUC reads them.
+  length: the solution's length in tokens, if known (else `discrimination`
+    counts whitespace-separated words of its steps).
   """
 
   answer: str | None
   step_scores: list[float]
   orm_score: float | None = None
   steps: list[str] = dataclasses.field(default_factory=list)
+  step_labels: list[float] = dataclasses.field(default_factory=list)
+  length: int | None = None
 
 
 @dataclasses.dataclass
@@ -135,8 +152,10 @@ def _check_method(method: str) -> None:
     raise ValueError(f"method {method!r} is not one of {AGGREGATIONS + ('orm',)}")
 
 
-def _keys(problem: Problem, n: int | None, method: str) -> np.ndarray:
-  """Ranking keys of the first n candidates: the aggregate (its log for "prod") or ORM score."""
+def solution_scores(problem: Problem, n: int | None, method: str) -> np.ndarray:
+  """Ranking keys of the first n (None: all) candidates: the step scores' aggregate by `method`
+  (its log for "prod") or, for method "orm", the ORM score. Raises ValueError naming the
+  problem and candidate that lacks the scores."""
   _check_method(method)
   cands = problem.candidates if n is None else problem.candidates[:n]
   keys = np.empty(len(cands))
@@ -174,6 +193,16 @@ def _groups(answers: Sequence[str | None], equal: Equal) -> tuple[np.ndarray, li
   return ids, reps
 
 
+def distinct_texts(candidates: Sequence[Candidate]) -> np.ndarray:
+  """Group ids [len(candidates)] by solution text (equal steps), numbered in order of first
+  appearance; a candidate without steps is a text of its own."""
+  ids, seen = np.empty(len(candidates), np.int64), {}
+  for i, c in enumerate(candidates):
+    key = tuple(c.steps) if c.steps else ("#", i)
+    ids[i] = seen.setdefault(key, len(seen))
+  return ids
+
+
 def _vote(ids: np.ndarray, weights: np.ndarray | None, n: int, log_space: bool = False) -> int:
   """The winning group among the first n candidates (-1 if none parsed); ties to the earliest."""
   ids = ids[:n]
@@ -207,7 +236,7 @@ def best_of_n(problem: Problem, n: int, method: str = "min") -> str | None:
   cands = _prefix(problem, n)
   if not cands:
     return None
-  return cands[int(np.argmax(_keys(problem, n, method)))].answer
+  return cands[int(np.argmax(solution_scores(problem, n, method)))].answer
 
 
 def orm_best_of_n(problem: Problem, n: int) -> str | None:
@@ -240,7 +269,7 @@ def weighted_vote(problem: Problem, n: int, method: str = "min",
   if not cands:
     return None
   ids, reps = _groups([c.answer for c in cands], equal or _default_equal())
-  g = _vote(ids, _keys(problem, n, method), n, log_space=method == "prod")
+  g = _vote(ids, solution_scores(problem, n, method), n, log_space=method == "prod")
   return None if g < 0 else reps[g]
 
 
@@ -268,7 +297,7 @@ def _default_methods(problems: Sequence[Problem]) -> list[str]:
   methods.append("majority")
   if any(c.orm_score is not None for c in cands):
     methods += ["orm", "orm+vote"]
-  return methods + ["random", "pass@n"]
+  return methods + ["random", "null", "pass@n"]
 
 
 def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[str] | None = None,
@@ -278,7 +307,9 @@ def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[s
   methods: names from METHODS: "prm_<agg>" (best-of-N by an aggregation),
   "prm_<agg>+vote" (SC + PRM), "majority" (SC), "orm", "orm+vote" (SC + ORM),
   "random" (the expected accuracy of one uniformly drawn candidate, i.e. the
-  mean correctness of the first N, exact rather than sampled) and "pass@n".
+  mean correctness of the first N, exact rather than sampled), "null" (the
+  expected accuracy of a random score per distinct text: the mean correctness
+  of the distinct texts among the first N) and "pass@n".
   Default: the PRM methods if any candidate has step scores, the ORM ones if
   any has an ORM score, and the rest. A method whose scores some candidate
   lacks raises ValueError naming it.
@@ -311,12 +342,13 @@ def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[s
       continue
     correct = np.array([c.answer is not None and bool(equal(c.answer, p.gold)) for c in cands])
     ids, reps = _groups([c.answer for c in cands], equal)
+    texts = distinct_texts(cands)
     rep_correct = [bool(equal(r, p.gold)) for r in reps]
     keys: dict[str, np.ndarray] = {}
     for m in methods:
       score = m.split("+")[0].removeprefix("prm_")
       if score in AGGREGATIONS + ("orm",) and score not in keys:
-        keys[score] = _keys(p, None, score)
+        keys[score] = solution_scores(p, None, score)
     for n in ns:
       k = min(n, len(cands))
       for m in methods:
@@ -324,6 +356,9 @@ def evaluate(problems: Sequence[Problem], ns: Iterable[int], methods: Sequence[s
           hit = float(correct[:k].any())
         elif m == "random":
           hit = float(correct[:k].mean())
+        elif m == "null":  # mean correctness of the distinct texts among the first k
+          first = np.unique(texts[:k], return_index=True)[1]
+          hit = float(correct[:k][first].mean())
         elif m == "majority":
           g = _vote(ids, None, k)
           hit = float(g >= 0 and rep_correct[g])
