@@ -1,4 +1,5 @@
-"""Sampling with the KV cache: one prefill, then one jit-compiled step per new token.
+"""Sampling with the KV cache (one prefill, then one jit-compiled step per new token), and the
+log-likelihood a model gives to given continuations (`loglikelihood`).
 
 The whole loop (prefill + a `lax.while_loop` over steps) is a single compiled
 function, keyed on the config, batch shape and number of new tokens. The loop
@@ -9,9 +10,11 @@ generous `max_new_tokens` costs little when answers are short.
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moe_jax.model import Model, Transformer, init_cache
 
@@ -87,3 +90,48 @@ def generate(model: Model, input_ids, max_new_tokens: int, temperature: float = 
   return _generate(model.config, model.variables, input_ids, segments, positions,
                    jax.random.key(seed), jnp.float32(temperature), max_new_tokens, top_k,
                    jnp.int32(eos))
+
+
+_WIDTH = 16  # rows are padded to a multiple of this, so few shapes get compiled
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _token_logp(config, variables, tokens, segments, positions):
+  """log p(tokens[:, t + 1] | tokens[:, :t + 1]) for every t: [B, T - 1] float32."""
+  out = Transformer(config).apply(variables, tokens[:, :-1], positions[:, :-1], segments[:, :-1])
+  logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1)
+  return jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+
+
+def loglikelihood(model: Model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                  batch_size: int = 64) -> np.ndarray:
+  """Sum of log p(continuation token | everything before it) for each (prompt, continuation).
+
+  prompts and continuations are token-id lists (a continuation usually ends
+  with EOS); each pair is scored as one right-padded row, so the prompt is
+  context and only the continuation's tokens count. Rows are grouped by width,
+  so a handful of programs get compiled. Returns float64 [len(prompts)].
+  """
+  if len(prompts) != len(continuations):
+    raise ValueError(f"{len(prompts)} prompts for {len(continuations)} continuations")
+  for i, (p, c) in enumerate(zip(prompts, continuations)):
+    if not len(p) or not len(c):
+      raise ValueError(f"pair {i}: an empty prompt or continuation has nothing to condition on or score")
+  out = np.zeros(len(prompts))
+  order = np.argsort([len(p) + len(c) for p, c in zip(prompts, continuations)], kind="stable")
+  for s in range(0, len(order), batch_size):
+    idx = order[s:s + batch_size]
+    width = -(-max(len(prompts[i]) + len(continuations[i]) for i in idx) // _WIDTH) * _WIDTH
+    tokens = np.zeros((batch_size, width), np.int32)  # short batches padded: one shape per width
+    segments = np.zeros_like(tokens)
+    scored = np.zeros((batch_size, width - 1), np.float32)  # 1 where the target is a continuation token
+    for r, i in enumerate(idx):
+      p, c = list(prompts[i]), list(continuations[i])
+      tokens[r, :len(p) + len(c)] = p + c
+      segments[r, :len(p) + len(c)] = 1
+      scored[r, len(p) - 1:len(p) + len(c) - 1] = 1
+    positions = np.broadcast_to(np.arange(width, dtype=np.int32), tokens.shape)
+    logp = np.asarray(_token_logp(model.config, model.variables, jnp.asarray(tokens),
+                                  jnp.asarray(segments), jnp.asarray(positions)), np.float64)
+    out[idx] = (logp * scored).sum(1)[:len(idx)]
+  return out
