@@ -278,3 +278,31 @@ def test_extra_words_are_appended_without_shifting_ids():
     base.encode("good")
   with pytest.raises(ValueError):
     ArithTokenizer(extra_words=("two words",))
+
+
+def test_hard_negatives_slip_once_or_stop_early():
+  """The checker sees a slipped gold fail at the slip and a stopped-early gold fail at its last step."""
+  made = 0
+  for q in arith.make_split("slips", 60):
+    for step in range(q.k):
+      for delta in (1, -2):
+        steps = arith.slipped(q, step, delta)
+        if steps is None:
+          continue
+        made += 1
+        c = arith.check(q, steps)
+        assert len(steps) == q.k and c.first_error == step and c.error_types[step] == "arithmetic"
+        assert all(t is not None for t in c.error_types[step + 1:]) and not c.answer_correct
+        assert arith.oracle_labels(q, steps) == [1.0] * step + [0.0] * (q.k - step)
+    for j in range(1, q.k):
+      steps = arith.stopped_early(q, j)
+      c = arith.check(q, steps)
+      assert steps == q.gold_steps()[:j - 1] + [steps[-1]] and c.first_error == j - 1
+      assert c.error_types[j - 1] == "skipped" and c.answer == q.values[j]
+      assert c.answer_correct == (q.values[j] == q.answer)  # a cancelling pair can land on it
+  assert made > 100
+  q = arith.make_split("slips", 1)[0]
+  with pytest.raises(ValueError, match="delta != 0"):
+    arith.slipped(q, 0, 0)
+  with pytest.raises(ValueError, match="1 <= steps"):
+    arith.stopped_early(q, q.k)

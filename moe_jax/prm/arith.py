@@ -79,10 +79,40 @@ class Problem:
 
   def gold_steps(self) -> list[str]:
     """K strings "Step i: a OP b = c", the last followed by ". The answer is: s_K"."""
-    steps = [f"Step {i + 1}: {a} {op.kind} {op.operand} = {c}"
-             for i, (op, a, c) in enumerate(zip(self.ops, self.values, self.values[1:]))]
-    steps[-1] += f". The answer is: {self.answer}"
-    return steps
+    return _written(self.ops, self.values)
+
+
+def _written(ops: Sequence[Op], values: Sequence[int]) -> list[str]:
+  """Steps "Step i: a OP b = c" from running values s_0..s_n, the last stating s_n as the answer."""
+  steps = [f"Step {i + 1}: {a} {op.kind} {op.operand} = {c}"
+           for i, (op, a, c) in enumerate(zip(ops, values, values[1:]))]
+  steps[-1] += f". The answer is: {values[-1]}"
+  return steps
+
+
+def slipped(problem: Problem, step: int, delta: int) -> list[str] | None:
+  """The gold solution with step `step`'s result off by `delta`, the later steps carried on
+  correctly from the wrong value: one arithmetic slip, then propagated errors, a wrong answer.
+
+  None where the slip leaves 0..MAX_VALUE or makes a later division inexact. A hard negative:
+  as long as the gold and worded like it.
+  """
+  if not 0 <= step < problem.k or delta == 0:
+    raise ValueError(f"need 0 <= step < {problem.k} and delta != 0, got step={step}, delta={delta}")
+  values = list(problem.values[:step + 1]) + [problem.values[step + 1] + delta]
+  for op in problem.ops[step + 1:]:
+    values.append(apply(op.kind, values[-1], op.operand) if 0 <= values[-1] <= MAX_VALUE else None)
+    if values[-1] is None:
+      return None
+  return _written(problem.ops, values) if all(0 <= v <= MAX_VALUE for v in values) else None
+
+
+def stopped_early(problem: Problem, steps: int) -> list[str]:
+  """The gold solution's first `steps` steps (1 <= steps < K), the last stating its value as
+  the answer: every step right but the answer, which skips the remaining operations."""
+  if not 1 <= steps < problem.k:
+    raise ValueError(f"need 1 <= steps < {problem.k}, got {steps}")
+  return _written(problem.ops[:steps], problem.values[:steps + 1])
 
 
 def apply(kind: str, a: int, b: int) -> int | None:

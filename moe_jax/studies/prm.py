@@ -141,8 +141,8 @@ def _json(path: str, fn):
   return value
 
 
-def _model(path: str, fn) -> Model:
-  """fn()'s model, cached as a Hugging Face directory at path."""
+def cached_model(path: str, fn) -> Model:
+  """fn()'s model, cached as a Hugging Face directory at path (read back with the study's dispatch)."""
   if os.path.exists(os.path.join(path, "config.json")):
     return from_pretrained(path, dispatch=_DISPATCH)
   model = fn()
@@ -171,9 +171,9 @@ def sft(p: Plan, out: str, tok, problems: Sequence[arith.Problem]) -> tuple[Mode
     return trained
 
   mcfg = model_config_for(p, tok.vocab_size)
-  weak = _model(os.path.join(out, "models", "weak"),
+  weak = cached_model(os.path.join(out, "models", "weak"),
                 lambda: run("sft_weak", Model(mcfg, init_variables(mcfg, 0)), p.weak_steps, 3e-3))
-  strong = _model(os.path.join(out, "models", "strong"),
+  strong = cached_model(os.path.join(out, "models", "strong"),
                   lambda: run("sft_strong", weak, p.strong_steps, 2e-3))
   return weak, strong
 
@@ -207,7 +207,8 @@ def sample(model: Model, tok, problems: Sequence[arith.Problem], n: int, tempera
   return out
 
 
-def _prompt_len(tok, problems) -> int:
+def prompt_len_for(tok, problems) -> int:
+  """The prompt width that fits every problem's chat prompt, rounded up to a multiple of 16."""
   n = max(len(tok.encode(ppo.prompt_text(q.question))) + 1 for q in problems)
   return -(-n // 16) * 16
 
@@ -291,7 +292,8 @@ def quality_by_n(cands, problems, outcomes, ns, draws: int = 20) -> dict:
 
 # -- 3. reward models ---------------------------------------------------------------
 
-def _rm_cfg(p: Plan, orm: bool, label: str) -> ml_collections.ConfigDict:
+def rm_config(p: Plan, orm: bool, label: str) -> ml_collections.ConfigDict:
+  """The reward models' training config: the "prm" task from the SFT model, p.rm_steps steps."""
   c = _cfg(p, p.rm_steps, 1e-3)
   c.task = "prm"
   c.data.seq_len = 256
@@ -315,13 +317,13 @@ def train_rms(p: Plan, out: str, strong: Model, tok, rows: list[dict], problems)
       exs = [(r["problem"], Example(problems[r["problem"]].question, r["steps"], r[key])) for r in rows]
       train_ex = [e for i, e in exs if i < cut]
       eval_ex = [e for i, e in exs if i >= cut]
-      cfg = _rm_cfg(p, orm, "hard" if key == "hard" else "soft")
+      cfg = rm_config(p, orm, "hard" if key == "hard" else "soft")
       model, _, summary = training.fit(cfg, os.path.join(out, "work", name), strong, tok, train_ex,
                                     eval_ex, mesh, name)
       with open(os.path.join(out, "work", name, "summary.json"), "w") as f:
         json.dump(summary, f)
       return model
-    models[name] = _model(os.path.join(out, "models", name), fit)
+    models[name] = cached_model(os.path.join(out, "models", name), fit)
   return models
 
 
@@ -365,7 +367,7 @@ def run_study(out: str, quick: bool) -> dict:
   splits = {"sft": arith.make_split("sft", p.n_sft), "dev": arith.make_split("dev", p.n_dev),
             "rm": arith.make_split("rm_train", p.n_rm), "test": arith.make_split("test", p.n_test),
             "ood": arith.make_split("ood", p.n_ood, ks=(7, 8))}
-  prompt_len = _prompt_len(tok, [q for s in splits.values() for q in s])
+  prompt_len = prompt_len_for(tok, [q for s in splits.values() for q in s])
   # Seconds of work since the study began, kept across restarts: a stage finished by an
   # earlier run keeps its time, and a later run's clock starts where the earlier one stopped.
   timings_path = os.path.join(out, "timings.json")

@@ -8,6 +8,8 @@ solution metrics against the exact checker.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from moe_jax.model import Model
@@ -49,19 +51,24 @@ def verification(problems, cands, scores: dict, ns, bootstrap: int) -> dict:
     table[prm + "_min"], table[prm + "_min+vote"] = r["hits"]["prm_min"], r["hits"]["prm_min+vote"]
   rng = np.random.default_rng(0)
   boot = rng.integers(0, len(problems), size=(bootstrap, len(problems)))
-  acc = {m: {n: _ci(np.asarray(h[n]), boot) for n in ns} for m, h in table.items()}
+  acc = {m: {n: bootstrap_ci(np.asarray(h[n]), boot) for n in ns} for m, h in table.items()}
   pairs = [("prm_he_min", "orm"), ("prm_he_min", "majority"), ("orm", "majority"),
            ("majority", "random"), ("prm_se_min", "prm_he_min"), ("prm_oracle_min", "prm_he_min"),
            ("prm_he_min+vote", "prm_he_min")]
-  diffs = {f"{a} - {b}": {n: _ci(np.asarray(table[a][n]) - np.asarray(table[b][n]), boot) for n in ns}
+  diffs = {f"{a} - {b}": {n: bootstrap_ci(np.asarray(table[a][n]) - np.asarray(table[b][n]), boot) for n in ns}
            for a, b in pairs}
   return {"accuracy": acc, "differences": diffs, "hits": table}
 
 
-def _ci(x: np.ndarray, boot: np.ndarray) -> list[float]:
-  """[mean, low, high] with a 95% percentile bootstrap over problems."""
-  means = x[boot].mean(1)
-  return [float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+def bootstrap_ci(x: np.ndarray, boot: np.ndarray) -> list[float]:
+  """[mean, low, high] with a 95% percentile bootstrap over problems (boot: [resamples, problems]
+  indices); NaNs (a figure a problem does not define) are left out of each mean."""
+  if np.isnan(x).all():
+    return [float("nan")] * 3
+  with warnings.catch_warnings():  # a resample with no defined value has no mean: left out
+    warnings.simplefilter("ignore", RuntimeWarning)
+    means = np.nanmean(x[boot], 1)
+  return [float(np.nanmean(x)), float(np.nanpercentile(means, 2.5)), float(np.nanpercentile(means, 97.5))]
 
 
 def by_k(problems, hits: dict, n: int, buckets) -> dict:
