@@ -55,6 +55,49 @@ def test_loss_equals_float64_reference(model):
   np.testing.assert_allclose(float(loss), want / count + float(aux.balance_loss), rtol=1e-5)
 
 
+def _pair_examples():
+  right = lambda q, a: data.Example(q, [f"Step 1: {a}.", f"Step 2: The answer is: {a}"], [1.0, 1.0])
+  wrong = lambda q, a: data.Example(q, [f"Step 1: {a}.", f"Step 2: The answer is: {a}"], [1.0, 0.0])
+  return [right("What is 2+3?", 5), wrong("What is 2+3?", 6), wrong("What is 2+3?", 7),
+          right("What is 4*5?", 20), wrong("What is 4*5?", 21), right("What is 4*5?", "20.0"),
+          right("Only right?", 1)]  # no wrong solution: never paired
+
+
+def test_pair_rows_hold_a_right_and_a_wrong_solution_of_one_question():
+  from moe_jax.prm.training import pair_rows  # pylint: disable=import-outside-toplevel
+  exs = _pair_examples()
+  rows = pair_rows(exs, TOK, data.TAG, 128, per_question=3, seed=0)
+  assert rows["tokens"].shape == (6, 128) and rows["rank_mask"].tolist() == [1] * 6
+  tag_id = TOK.encode(data.TAG)[-1]
+  for r in range(6):
+    seg = rows["segment_ids"][r]
+    right, wrong = rows["rank_right"][r], rows["rank_wrong"][r]
+    assert seg[right] == 1 and seg[wrong] == 2 and set(seg.tolist()) == {0, 1, 2}
+    for pos, label, k in ((right, 1.0, 1), (wrong, 0.0, 2)):  # the last tag of each solution
+      assert rows["tokens"][r, pos] == tag_id and rows["targets"][r, pos] == label
+      assert pos == np.flatnonzero(rows["score_mask"][r] & (seg == k))[-1]
+    text = TOK.decode(rows["tokens"][r][seg > 0].tolist())
+    assert text.count("What is 2+3?") == 2 or text.count("What is 4*5?") == 2  # one question a row
+  with pytest.raises(input_pipeline.DataError, match="no question has both"):
+    pair_rows(exs[-1:], TOK, data.TAG, 128, 2, 0, source="x.jsonl")
+
+
+def test_ranking_term_by_hand(model):
+  from moe_jax.prm.training import pair_rows  # pylint: disable=import-outside-toplevel
+  rows = pair_rows(_pair_examples(), TOK, data.TAG, 128, per_question=2, seed=1)
+  rows["rank_mask"][-1] = 0  # a padding row takes no part
+  head = reward.RewardHead(*reward.label_ids(TOK))
+  batch = {k: jnp.asarray(v) for k, v in rows.items()}
+  plain, _ = reward.prm_loss(model.params, {}, CONFIG, batch, head)
+  ranked, _ = reward.prm_loss(model.params, {}, CONFIG, batch, head, rank_weight=0.7)
+  logits = np.asarray(Transformer(CONFIG).apply(model.variables, batch["tokens"], batch["positions"],
+                                                batch["segment_ids"]).logits, np.float64)
+  z = logits[..., head.good_id] - logits[..., head.bad_id]
+  terms = [np.log1p(np.exp(z[r, rows["rank_wrong"][r]] - z[r, rows["rank_right"][r]]))
+           for r in range(len(z) - 1)]
+  np.testing.assert_allclose(float(ranked) - float(plain), 0.7 * np.mean(terms), rtol=1e-4, atol=1e-6)
+
+
 def test_step_scores_read_the_tag_positions(model):
   ex = _examples()[2]
   got = scoring.step_scores(model, TOK, ex.question, [ex.steps, ex.steps[:2]])

@@ -4,7 +4,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 
 from moe_jax.prm import arith, gsm8k
 from moe_jax.studies import prm_verifiers as study

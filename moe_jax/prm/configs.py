@@ -33,6 +33,12 @@ def prm_config() -> ml_collections.ConfigDict:
       label="soft",  # "soft": train on the labels as given; "hard": threshold them at 0.5
       orm=False,  # True: outcome RM, only the final step's label
       value_head=False,  # True: a scalar head on the last hidden state instead of the LM head
+      # > 0: train on rows of one right and one wrong solution of the same question (by the
+      # last step's label), this many per question: batches balanced by problem.
+      pairs_per_question=0,
+      # With pairs: weight of a pairwise ranking term, softplus(z_wrong - z_right) on the two
+      # solutions' last-step logits (beyond Math-Shepherd, which trains on step labels only).
+      rank_weight=0.0,
   ))
   c.data.seq_len = 512
   c.data.batch_size = 8

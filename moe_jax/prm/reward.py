@@ -74,11 +74,12 @@ def good_logit(params, buffers, config, batch, head: RewardHead):
   return logits[..., head.good_id] - logits[..., head.bad_id], out.aux
 
 
-def prm_loss(params, buffers, config, batch, head: RewardHead):
+def prm_loss(params, buffers, config, batch, head: RewardHead, rank_weight: float = 0.0):
   """Binary cross-entropy at score positions with (soft) targets, averaged over steps.
 
   For hard targets this is the cross-entropy over the two label tokens; soft
-  targets (Math-Shepherd's soft estimation) enter as p(good) targets.
+  targets (Math-Shepherd's soft estimation) enter as p(good) targets. With
+  `rank_weight` and pair rows (`training.pair_rows`), plus rank_weight x `rank_loss`.
   Returns (loss, (loss_sum, n_steps, MoEAux)) like the LM loss.
   """
   z, aux = good_logit(params, buffers, config, batch, head)
@@ -86,12 +87,25 @@ def prm_loss(params, buffers, config, batch, head: RewardHead):
   m = batch["score_mask"].astype(jnp.float32)
   nll = -(t * jax.nn.log_sigmoid(z) + (1 - t) * jax.nn.log_sigmoid(-z))
   loss_sum, n = jnp.sum(nll * m), jnp.sum(m)
-  return loss_sum / jnp.maximum(n, 1.0) + aux.balance_loss + aux.device_balance_loss, (loss_sum, n, aux)
+  loss = loss_sum / jnp.maximum(n, 1.0)
+  if rank_weight and "rank_right" in batch:  # pair rows only (held-out rows have no pairs)
+    loss = loss + rank_weight * rank_loss(z, batch)
+  return loss + aux.balance_loss + aux.device_balance_loss, (loss_sum, n, aux)
 
 
-def make_loss(head: RewardHead):
-  """prm_loss bound to a head, in the trainer's loss_fn signature."""
-  return functools.partial(prm_loss, head=head)
+def rank_loss(z, batch):
+  """Mean over pair rows of softplus(z_wrong - z_right): the pairwise logistic (Bradley-Terry)
+  loss on each row's two last-step logits. batch: "rank_right", "rank_wrong" [B] positions,
+  "rank_mask" [B] (0 on padding rows)."""
+  rows = jnp.arange(z.shape[0])
+  margin = z[rows, batch["rank_right"]] - z[rows, batch["rank_wrong"]]
+  w = batch["rank_mask"].astype(jnp.float32)
+  return jnp.sum(jax.nn.softplus(-margin) * w) / jnp.maximum(w.sum(), 1.0)
+
+
+def make_loss(head: RewardHead, rank_weight: float = 0.0):
+  """prm_loss bound to a head (and a ranking weight), in the trainer's loss_fn signature."""
+  return functools.partial(prm_loss, head=head, rank_weight=rank_weight)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "head"))

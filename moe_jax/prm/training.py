@@ -31,6 +31,39 @@ def encode_examples(examples, tokenizer, tag: str, orm: bool, source: str = "") 
   return out
 
 
+def pair_rows(examples, tokenizer, tag: str, seq_len: int, per_question: int, seed: int,
+              orm: bool = False, source: str = "") -> dict:
+  """Packed rows of one right and one wrong solution of the same question each.
+
+  A solution is right when its last step's label is >= 0.5. Each question with
+  both kinds gives `per_question` rows, each a random right and a random wrong
+  solution (so every question weighs the same, however many solutions it has);
+  a pair longer than a row is skipped. Adds per-row fields "rank_right",
+  "rank_wrong" (the position of each solution's last step tag) and "rank_mask" [N].
+  """
+  by_question: dict[str, tuple[list, list]] = {}
+  for ex in examples:
+    by_question.setdefault(ex.question, ([], []))[0 if ex.labels[-1] >= 0.5 else 1].append(ex)
+  rng = np.random.default_rng(seed)
+  rows = []
+  for right, wrong in by_question.values():
+    for _ in range(per_question if right and wrong else 0):
+      pair = [right[rng.integers(len(right))], wrong[rng.integers(len(wrong))]]
+      enc = encode_examples(pair, tokenizer, tag, orm, source)
+      if sum(len(e["tokens"]) for e in enc) > seq_len:
+        continue
+      row = input_pipeline.pack_fields(enc, seq_len, tokenizer.pad_id)  # one row, segments 1, 2
+      tags = row["score_mask"][0].astype(bool)
+      row["rank_right"], row["rank_wrong"] = (
+          np.asarray([np.flatnonzero(tags & (row["segment_ids"][0] == k))[-1]], np.int32) for k in (1, 2))
+      row["rank_mask"] = np.ones(1, np.int32)
+      rows.append(row)
+  if not rows:
+    raise input_pipeline.DataError(f"{source}: no question has both a right and a wrong solution "
+                                   "(last step label >= 0.5 and < 0.5) to pair")
+  return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """The "prm" task: a PRM/ORM from the base model on `prm.train_file`; step metrics, export.
 
@@ -58,7 +91,12 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str, model: Model, tokenizer, t
                           for e in exs] for exs in (train_ex, eval_ex))
   pack = lambda exs: input_pipeline.pack_fields(encode_examples(exs, tokenizer, p.tag, p.orm, source),
                                                 cfg.data.seq_len, tokenizer.pad_id)
-  train_rows, eval_rows = pack(train_ex), pack(eval_ex)
+  pairs, rank_weight = p.get("pairs_per_question", 0), p.get("rank_weight", 0.0)
+  if rank_weight and not pairs:
+    raise ValueError("prm.rank_weight needs pair rows: set prm.pairs_per_question > 0")
+  train_rows = (pair_rows(train_ex, tokenizer, p.tag, cfg.data.seq_len, pairs, cfg.seed, p.orm, source)
+                if pairs else pack(train_ex))
+  eval_rows = pack(eval_ex)
   data = train_lib.make_data(train_rows, eval_rows, cfg.data.batch_size, cfg.seed,
                              f"{source}: the held-out solutions")
   good_id, bad_id = reward.label_ids(tokenizer, p.good, p.bad)
@@ -73,7 +111,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str, model: Model, tokenizer, t
         f"{'ORM' if p.orm else 'PRM'} with {p.label} labels; held-out before: "
         + _fmt(summary["metrics_before"]))
   model, run = train_lib.train(cfg, workdir, model, spec, data, mesh, name="prm",
-                               loss_fn=reward.make_loss(head))
+                               loss_fn=reward.make_loss(head, rank_weight))
   summary.update(run)
   summary["metrics_after"] = reward.metrics(*reward.score_rows(model, eval_rows, head))
   print("[prm] held-out after: " + _fmt(summary["metrics_after"]))

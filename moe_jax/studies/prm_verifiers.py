@@ -17,8 +17,11 @@ the levers in the order the evidence suggested, all on exact step labels
    intermediate value as the answer) beside the gold itself;
 3. reward models, each initialised from the generator (so as large as it):
    "recipe" (the reproduction's: 300 problems x 8 samples, 80 steps),
-   "more_data" (every sampled solution, trained far longer) and
-   "hard_negatives" (more_data plus the gold-derived pairs);
+   "more_data" (every sampled solution, trained far longer),
+   "hard_negatives" (more_data plus the gold-derived solutions),
+   "balanced" (the same data in rows of one right and one wrong solution of
+   a problem) and "pairwise" (balanced plus a ranking term between the two,
+   beyond the paper);
 4. on held-out problems x 64 samples: each RM's and the generator's own
    log-likelihood's within-problem AUC, score-vs-length correlation, step
    AUC within (problem, step index) groups, best-of-N against majority vote,
@@ -62,6 +65,7 @@ class Plan:
   recipe_cands: int
   recipe_steps: int
   rm_steps: int  # the longer RM trainings
+  pairs: int  # pair rows per problem for the balanced and pairwise RMs
   n_test: int
   n_test_cand: int
   ns: tuple[int, ...]
@@ -71,14 +75,18 @@ class Plan:
 def plan(quick: bool) -> Plan:
   """The full plan (about an hour on 2 CPU cores), or the --quick one that fits a test."""
   if quick:
-    return Plan(8, 8, 12, 4, 12, 3, 3, 6, 6, 8, (1, 4, 8), 200)
-  return Plan(1800, 200, 1500, 16, 300, 8, 80, 600, 400, 64, (1, 4, 16, 64), 2000)
+    return Plan(8, 8, 12, 4, 12, 3, 3, 6, 2, 6, 8, (1, 4, 8), 200)
+  return Plan(1800, 200, 1500, 16, 300, 8, 80, 600, 8, 400, 64, (1, 4, 16, 64), 2000)
 
 
-# name -> (data, steps): data "recipe" (the reproduction's slice), "all" (every sampled
-# solution) or "all+hard" (plus the gold, a slipped gold and a stopped-early gold per problem).
-RMS = {"recipe": ("recipe", "recipe_steps"), "more_data": ("all", "rm_steps"),
-       "hard_negatives": ("all+hard", "rm_steps")}
+# name -> (data, steps, pairs per question, ranking weight). data: "recipe" (the reproduction's
+# slice), "all" (every sampled solution) or "all+hard" (plus the gold, a slipped gold and a
+# stopped-early gold per problem). Pairs: rows of one right and one wrong solution of a problem
+# (batches balanced by problem; `training.pair_rows`), with a pairwise ranking term or without.
+RMS = {"recipe": ("recipe", "recipe_steps", 0, 0.0), "more_data": ("all", "rm_steps", 0, 0.0),
+       "hard_negatives": ("all+hard", "rm_steps", 0, 0.0),
+       "balanced": ("all+hard", "rm_steps", "pairs", 0.0),
+       "pairwise": ("all+hard", "rm_steps", "pairs", 1.0)}
 
 
 def base_plan(p: Plan, quick: bool) -> repro.Plan:
@@ -125,7 +133,9 @@ def train_rm(p: Plan, quick: bool, out: str, name: str, generator: Model, tok, p
   """RM `name` trained from the generator on exact labels (cached as a model directory)."""
   def fit():
     base = base_plan(p, quick)
-    cfg = repro.rm_config(dataclasses.replace(base, rm_steps=getattr(p, RMS[name][1])), False, "soft")
+    _, steps, pairs, rank_weight = RMS[name]
+    cfg = repro.rm_config(dataclasses.replace(base, rm_steps=getattr(p, steps)), False, "soft")
+    cfg.prm.update(pairs_per_question=p.pairs if pairs else 0, rank_weight=rank_weight)
     train, held = rm_examples(p, problems, cands, name, 4 * cfg.data.batch_size)
     mesh = train_lib.make_mesh(cfg)
     model, _, summary = training.fit(cfg, os.path.join(out, "work", name), generator, tok, train,
@@ -228,7 +238,8 @@ def measure(p: Plan, test, cands, scores: dict, loglik, tok) -> dict:
     contrasts[f"{name}: within-problem AUC - generator log-likelihood's"] = _paired(auc(name), auc("gen_sum"), boot)
     contrasts[f"{name}: best-of-{top} - majority vote"] = _paired(hit(name), hit("majority"), boot)
     contrasts[f"{name}: best-of-{top} - null RM"] = _paired(hit(name), hit("null"), boot)
-  for a, b in (("more_data", "recipe"), ("hard_negatives", "more_data")):
+  for a, b in (("more_data", "recipe"), ("hard_negatives", "more_data"), ("balanced", "hard_negatives"),
+               ("pairwise", "balanced")):
     if a in scores and b in scores:
       contrasts[f"within-problem AUC: {a} - {b}"] = _paired(auc(a), auc(b), boot)
   contrasts[f"generator log-likelihood: best-of-{top} - majority vote"] = _paired(hit("gen_sum"), hit("majority"), boot)
