@@ -152,29 +152,30 @@ def cached_model(path: str, fn) -> Model:
 
 # -- 1. generator / completer -------------------------------------------------------
 
-def sft(p: Plan, out: str, tok, problems: Sequence[arith.Problem]) -> tuple[Model, Model]:
-  """The weak and the strong generator/completer, SFT on gold solutions (cached in out/models)."""
-  mesh = train_lib.make_mesh(_cfg(p, 1, 0.0))
+def sft_more(p: Plan, out: str, tok, problems: Sequence[arith.Problem], name: str, model: Model,
+             steps: int, lr: float) -> Model:
+  """`model` trained `steps` more SFT steps on the problems' gold solutions (cosine from `lr`)."""
   path = os.path.join(out, "data", "sft.jsonl")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if not os.path.exists(path):
     with open(path, "w", encoding="utf-8") as f:
       for q in problems:
         f.write(json.dumps({"messages": arith.chat_example(q)}) + "\n")
+  cfg = _cfg(p, steps, lr)
+  cfg.data.train_files = (path,)
+  data = train_lib.load_data(cfg.data, tok, cfg.seed, os.path.join(out, "data", "tfds"))
+  trained, _ = train_lib.train(cfg, os.path.join(out, "work", name), model, trainable.TrainableSpec(),
+                               data, train_lib.make_mesh(cfg), name=name)
+  return trained
 
-  def run(name, model, steps, lr):
-    cfg = _cfg(p, steps, lr)
-    cfg.data.train_files = (path,)
-    data = train_lib.load_data(cfg.data, tok, cfg.seed, os.path.join(out, "data", "tfds"))
-    trained, _ = train_lib.train(cfg, os.path.join(out, "work", name), model, trainable.TrainableSpec(),
-                                 data, mesh, name=name)
-    return trained
 
+def sft(p: Plan, out: str, tok, problems: Sequence[arith.Problem]) -> tuple[Model, Model]:
+  """The weak and the strong generator/completer, SFT on gold solutions (cached in out/models)."""
   mcfg = model_config_for(p, tok.vocab_size)
-  weak = cached_model(os.path.join(out, "models", "weak"),
-                lambda: run("sft_weak", Model(mcfg, init_variables(mcfg, 0)), p.weak_steps, 3e-3))
-  strong = cached_model(os.path.join(out, "models", "strong"),
-                  lambda: run("sft_strong", weak, p.strong_steps, 2e-3))
+  weak = cached_model(os.path.join(out, "models", "weak"), lambda: sft_more(
+      p, out, tok, problems, "sft_weak", Model(mcfg, init_variables(mcfg, 0)), p.weak_steps, 3e-3))
+  strong = cached_model(os.path.join(out, "models", "strong"), lambda: sft_more(
+      p, out, tok, problems, "sft_strong", weak, p.strong_steps, 2e-3))
   return weak, strong
 
 

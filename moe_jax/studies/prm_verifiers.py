@@ -9,8 +9,10 @@ discrimination within a problem (`moe_jax.prm.discrimination`), and tries
 the levers in the order the evidence suggested, all on exact step labels
 (free on ArithChain, so more data costs no rollouts):
 
-1. generator: the reproduction's model and SFT data, trained longer (toward
-   the spec's 35-70% greedy calibration window); dev accuracy;
+1. generator: the reproduction's model and SFT data, trained on from its weak
+   checkpoint in rounds until dev greedy accuracy reaches the spec's 35-70%
+   calibration window (a rule fixed before the run); also a strong model
+   trained far longer, as one RM's initialisation;
 2. RM data: n_rm problems x n_cand sampled solutions, deduplicated, every
    step labelled by the exact checker; hard negatives built from each gold
    solution (one arithmetic slip carried through; stopped early with an
@@ -20,8 +22,9 @@ the levers in the order the evidence suggested, all on exact step labels
    "more_data" (every sampled solution, trained far longer),
    "hard_negatives" (more_data plus the gold-derived solutions),
    "balanced" (the same data in rows of one right and one wrong solution of
-   a problem) and "pairwise" (balanced plus a ranking term between the two,
-   beyond the paper);
+   a problem), "pairwise" (balanced plus a ranking term between the two,
+   beyond the paper) and "strong_init" (hard_negatives' data from the strong
+   model: an RM that does the arithmetic better than the generator);
 4. on held-out problems x 64 samples: each RM's and the generator's own
    log-likelihood's within-problem AUC, score-vs-length correlation, step
    AUC within (problem, step index) groups, best-of-N against majority vote,
@@ -57,7 +60,9 @@ from moe_jax.studies.prm_verifiers_report import report
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """Sizes: the generator's SFT, the RM data, each RM's steps, the test set."""
-  strong_steps: int  # SFT steps after the weak checkpoint (the reproduction: 800)
+  strong_steps: int  # SFT steps after the weak checkpoint for the strong model (an RM init)
+  round_steps: int  # the generator: the weak checkpoint trained in rounds of this many steps...
+  max_rounds: int  # ...until its dev greedy accuracy reaches the calibration window (or this many)
   n_dev: int
   n_rm: int  # RM-train problems
   n_cand: int  # samples per RM-train problem
@@ -75,18 +80,33 @@ class Plan:
 def plan(quick: bool) -> Plan:
   """The full plan (about an hour on 2 CPU cores), or the --quick one that fits a test."""
   if quick:
-    return Plan(8, 8, 12, 4, 12, 3, 3, 6, 2, 6, 8, (1, 4, 8), 200)
-  return Plan(1800, 200, 1500, 16, 300, 8, 80, 600, 8, 400, 64, (1, 4, 16, 64), 2000)
+    return Plan(8, 4, 2, 8, 12, 4, 12, 3, 3, 6, 2, 6, 8, (1, 4, 8), 200)
+  return Plan(1800, 300, 6, 200, 1500, 16, 300, 8, 80, 500, 8, 400, 64, (1, 4, 16, 64), 2000)
 
 
-# name -> (data, steps, pairs per question, ranking weight). data: "recipe" (the reproduction's
-# slice), "all" (every sampled solution) or "all+hard" (plus the gold, a slipped gold and a
-# stopped-early gold per problem). Pairs: rows of one right and one wrong solution of a problem
-# (batches balanced by problem; `training.pair_rows`), with a pairwise ranking term or without.
-RMS = {"recipe": ("recipe", "recipe_steps", 0, 0.0), "more_data": ("all", "rm_steps", 0, 0.0),
-       "hard_negatives": ("all+hard", "rm_steps", 0, 0.0),
-       "balanced": ("all+hard", "rm_steps", "pairs", 0.0),
-       "pairwise": ("all+hard", "rm_steps", "pairs", 1.0)}
+@dataclasses.dataclass(frozen=True)
+class RM:
+  """One reward model's recipe.
+
+  data: "recipe" (the reproduction's slice of the sampled solutions), "all" (every sampled
+    solution) or "all+hard" (plus the gold, a slipped gold and a stopped-early gold per problem).
+  steps: the Plan field giving its training steps.
+  pairs: train on rows of one right and one wrong solution of a problem (batches balanced by
+    problem; `training.pair_rows`), Plan.pairs of them per problem.
+  rank_weight: with pairs, the weight of a pairwise ranking term between the two.
+  init: "generator", or "strong" (the longer-trained SFT model, which does the arithmetic better).
+  """
+  data: str
+  steps: str = "rm_steps"
+  pairs: bool = False
+  rank_weight: float = 0.0
+  init: str = "generator"
+
+
+RMS = {"recipe": RM("recipe", "recipe_steps"), "more_data": RM("all"), "hard_negatives": RM("all+hard"),
+       "balanced": RM("all+hard", pairs=True), "pairwise": RM("all+hard", pairs=True, rank_weight=1.0),
+       "strong_init": RM("all+hard", init="strong")}
+WINDOW = (0.35, 0.70)  # the spec's calibration window for the generator's greedy accuracy
 
 
 def base_plan(p: Plan, quick: bool) -> repro.Plan:
@@ -113,7 +133,7 @@ def hard_negatives(q: arith.Problem, rng: np.random.Generator) -> list[list[str]
 def rm_examples(p: Plan, problems, cands, name: str, min_held: int) -> tuple[list[Example], list[Example]]:
   """(train, held-out) examples for RM `name`, exact labels. The last 10% of its problems are
   held out, or more where that leaves fewer than `min_held` solutions (a few batches)."""
-  data = RMS[name][0]
+  data = RMS[name].data
   n = p.recipe_problems if data == "recipe" else len(problems)
   rng = np.random.default_rng(5)
   per_problem = []
@@ -129,16 +149,16 @@ def rm_examples(p: Plan, problems, cands, name: str, min_held: int) -> tuple[lis
   return [e for x in per_problem[:cut] for e in x], [e for x in per_problem[cut:] for e in x]
 
 
-def train_rm(p: Plan, quick: bool, out: str, name: str, generator: Model, tok, problems, cands) -> Model:
-  """RM `name` trained from the generator on exact labels (cached as a model directory)."""
+def train_rm(p: Plan, quick: bool, out: str, name: str, init: Model, tok, problems, cands) -> Model:
+  """RM `name` trained from `init` on exact labels (cached as a model directory)."""
   def fit():
     base = base_plan(p, quick)
-    _, steps, pairs, rank_weight = RMS[name]
-    cfg = repro.rm_config(dataclasses.replace(base, rm_steps=getattr(p, steps)), False, "soft")
-    cfg.prm.update(pairs_per_question=p.pairs if pairs else 0, rank_weight=rank_weight)
+    spec = RMS[name]
+    cfg = repro.rm_config(dataclasses.replace(base, rm_steps=getattr(p, spec.steps)), False, "soft")
+    cfg.prm.update(pairs_per_question=p.pairs if spec.pairs else 0, rank_weight=spec.rank_weight)
     train, held = rm_examples(p, problems, cands, name, 4 * cfg.data.batch_size)
     mesh = train_lib.make_mesh(cfg)
-    model, _, summary = training.fit(cfg, os.path.join(out, "work", name), generator, tok, train,
+    model, _, summary = training.fit(cfg, os.path.join(out, "work", name), init, tok, train,
                                      held, mesh, name)
     common.cached(os.path.join(out, "work", name, "summary.json"),
                   lambda: {"train_solutions": len(train), "held_out_solutions": len(held),
@@ -156,6 +176,24 @@ def gen_loglik(model: Model, tok, problems, cands) -> list[list[list[float]]]:
   sums = loglikelihood(model, prompts, conts, batch_size=128)
   got = {k: [float(v), len(c)] for k, v, c in zip(keys, sums, conts)}
   return [[got[(i, tuple(s))] for s in sols] for i, sols in enumerate(cands)]
+
+
+def generator(p: Plan, base: repro.Plan, runs: str, tok, splits, prompt_len) -> tuple[Model, Model, list]:
+  """(generator, strong model, rounds): the weak checkpoint trained round by round until its dev
+  greedy accuracy reaches the calibration window (the first round that does; else the last),
+  and the strong model (weak + strong_steps in one run). Rounds: [{"steps", "greedy"}]."""
+  weak, strong = repro.sft(base, runs, tok, splits["sft"])
+  model, rounds = weak, []
+  for k in range(1, p.max_rounds + 1):
+    model = repro.cached_model(os.path.join(runs, "models", f"round_{k}"), lambda m=model, k=k: repro.sft_more(
+        base, runs, tok, splits["sft"], f"round_{k}", m, p.round_steps, 2e-3))
+    acc = common.cached(os.path.join(runs, f"round_{k}.json"), lambda m=model: repro.accuracy(
+        m, tok, splits["dev"], base, prompt_len))
+    rounds.append({"steps": base.weak_steps + k * p.round_steps, "greedy": acc})
+    print(f"[study] generator round {k}: dev greedy accuracy {acc:.3f}", flush=True)
+    if acc >= WINDOW[0]:
+      break
+  return model, strong, rounds
 
 
 # -- measurement ----------------------------------------------------------------------
@@ -239,7 +277,7 @@ def measure(p: Plan, test, cands, scores: dict, loglik, tok) -> dict:
     contrasts[f"{name}: best-of-{top} - majority vote"] = _paired(hit(name), hit("majority"), boot)
     contrasts[f"{name}: best-of-{top} - null RM"] = _paired(hit(name), hit("null"), boot)
   for a, b in (("more_data", "recipe"), ("hard_negatives", "more_data"), ("balanced", "hard_negatives"),
-               ("pairwise", "balanced")):
+               ("pairwise", "balanced"), ("strong_init", "hard_negatives")):
     if a in scores and b in scores:
       contrasts[f"within-problem AUC: {a} - {b}"] = _paired(auc(a), auc(b), boot)
   contrasts[f"generator log-likelihood: best-of-{top} - majority vote"] = _paired(hit("gen_sum"), hit("majority"), boot)
@@ -266,7 +304,7 @@ def run_study(out: str, quick: bool) -> dict:
             "rm": arith.make_split("rm_train", p.n_rm), "test": arith.make_split("test", p.n_test)}
   prompt_len = repro.prompt_len_for(tok, [q for s in splits.values() for q in s])
   stage = lambda what: print(f"[study] {what} ({time.time() - t0:.0f} s)", flush=True)
-  _, gen = repro.sft(base, runs, tok, splits["sft"])
+  gen, strong, rounds = generator(p, base, runs, tok, splits, prompt_len)
   stage("generator trained")
   dev = splits["dev"]
   calib = common.cached(os.path.join(runs, "calibration.json"), lambda: {
@@ -282,7 +320,8 @@ def run_study(out: str, quick: bool) -> dict:
   stage("test candidates sampled and their likelihood computed")
   scores, probe = {}, common.cached(os.path.join(runs, "probes_gen.json"), lambda: probes(None, tok, test, gen))
   for name in RMS:
-    rm = train_rm(p, quick, runs, name, gen, tok, splits["rm"], rm_cands)
+    rm = train_rm(p, quick, runs, name, strong if RMS[name].init == "strong" else gen, tok,
+                  splits["rm"], rm_cands)
     scores[name] = common.cached(os.path.join(runs, f"test_scores_{name}.json"),
                                  lambda rm=rm: prm_bon.score_all(rm, tok, test, test_cands))
     probe[name] = common.cached(os.path.join(runs, f"probes_{name}.json"),
@@ -292,7 +331,10 @@ def run_study(out: str, quick: bool) -> dict:
   results = {"quick": quick, "plan": dataclasses.asdict(p), "base_plan": dataclasses.asdict(base),
              "reproduction_sft_steps": reference.weak_steps + reference.strong_steps,
              "jax": jax.__version__, "cpus": os.cpu_count(), "device": str(jax.devices()[0].device_kind),
-             "calibration": calib, "probes": probe,
+             "calibration": calib, "rounds": rounds, "strong_calibration": common.cached(
+                 os.path.join(runs, "calibration_strong.json"), lambda: {
+                     "greedy": repro.accuracy(strong, tok, dev, base, prompt_len)}),
+             "probes": probe,
              "rm_summaries": {n: common.cached(os.path.join(runs, "work", n, "summary.json"), dict) for n in RMS},
              **measure(p, test, test_cands, scores, loglik, tok)}
   return common.finish(out, results, report, t0)

@@ -11,6 +11,7 @@ NAMES = {"recipe": "RM, the reproduction's recipe (300 problems x 8 samples, 80 
          "hard_negatives": "RM, + gold, slipped gold, stopped-early gold",
          "balanced": "RM, same data, rows of a right + a wrong solution of one problem",
          "pairwise": "RM, balanced + pairwise ranking term (beyond the paper)",
+         "strong_init": "RM, hard_negatives' data, from the strong model",
          "gen_sum": "generator log-likelihood (sum)", "gen_mean": "generator log-likelihood (per token)"}
 WINDOW = {"greedy": (0.35, 0.70), "sampled": (0.25, 0.60)}  # the spec's calibration window
 
@@ -51,8 +52,13 @@ def _setup(r: dict) -> list[str]:
       "RM starts from the generator, so it is exactly as large.", "",
       "## 1. Generator", "",
       f"The reproduction's model ({b['hidden']} wide, {b['layers']} layers, DeepSeekMoE with MLA) and SFT data "
-      f"({b['n_sft']:,} gold solutions), trained for {b['weak_steps'] + p['strong_steps']:,} steps instead "
-      f"of the reproduction's {r['reproduction_sft_steps']:,}.", "",
+      f"({b['n_sft']:,} gold solutions; the reproduction's generator had {r['reproduction_sft_steps']:,} "
+      f"SFT steps). The rule, fixed before the run: from the weak checkpoint ({b['weak_steps']} steps), "
+      f"train in rounds of {p['round_steps']} steps until dev greedy accuracy reaches 35%; the first "
+      "round that does is the generator. Rounds: "
+      + ", ".join(f"{x['steps']:,} steps {100 * x['greedy']:.1f}%" for x in r["rounds"]) + ". "
+      f"The strong model (one run of {b['weak_steps'] + p['strong_steps']:,} steps, one RM's "
+      f"initialisation) reaches {100 * r['strong_calibration']['greedy']:.1f}% greedy.", "",
       "| | dev greedy | dev sampled (T=1) | test candidates right |", "|---|---|---|---|",
       f"| generator | {100 * cal['greedy']:.1f}% | {100 * cal['sampled']:.1f}% | "
       f"{100 * r['test_candidate_accuracy']:.1f}% |", "",
