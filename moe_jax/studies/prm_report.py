@@ -111,10 +111,20 @@ def _reward_models(r: dict) -> list[str]:
   aucs = [m["auc"] for m in sm.values()]
   if min(aucs) > 0.55 and all(m["top_right_where_possible"] < chance for m in sm.values()):
     lines += ["", f"A random candidate of those problems is right {100 * chance:.1f}% of the time. So every "
-              f"RM ranks right above wrong answers on average (AUC {min(aucs):.2f}-{max(aucs):.2f}) and still "
-              "picks worse than chance at the top: among many candidates the highest scores go to wrong "
-              "solutions the RM misjudges with confidence, and the more candidates, the more such outliers "
-              "there are. This is why the RMs' best-of-N accuracy falls as N grows below."]
+              f"RM ranks right above wrong answers when all problems' candidates are pooled (AUC "
+              f"{min(aucs):.2f}-{max(aucs):.2f}) and still picks worse than chance at the top. The pooled "
+              "AUC is mostly the RM telling easy problems from hard ones (short solutions score high); "
+              "best-of-N needs it to tell a problem's right candidates from its wrong ones, and within a "
+              "problem these RMs are at chance: a rerun of this pipeline (400 test problems; issue #22) "
+              "measured their within-problem AUC at 0.48-0.53, and their top pick was the problem's "
+              "shortest candidate in 66-79% of problems. Right answers are a few texts sampled many "
+              "times while wrong ones are many different texts, so a scorer that cannot verify picks "
+              "almost uniformly among distinct texts, which lands below a random sample, as a null RM "
+              "(a random score per distinct text) does. `python -m moe_jax.prm verify` now prints these "
+              "figures; the follow-up study [verifiers/RESULTS.md](verifiers/RESULTS.md) tries what "
+              "makes an RM verify. "
+              "(An earlier version of this report blamed confidently misjudged outliers among many "
+              "candidates; that was wrong: the winners are not confident outliers, the RMs do not verify.)"]
   return lines
 
 
