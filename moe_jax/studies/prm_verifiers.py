@@ -334,7 +334,7 @@ def run_study(out: str, quick: bool) -> dict:
              "calibration": calib, "rounds": rounds, "strong_calibration": common.cached(
                  os.path.join(runs, "calibration_strong.json"), lambda: {
                      "greedy": repro.accuracy(strong, tok, dev, base, prompt_len)}),
-             "probes": probe,
+             "probes": probe, "rms": {n: dataclasses.asdict(spec) for n, spec in RMS.items()},
              "rm_summaries": {n: common.cached(os.path.join(runs, "work", n, "summary.json"), dict) for n in RMS},
              **measure(p, test, test_cands, scores, loglik, tok)}
   return common.finish(out, results, report, t0)
